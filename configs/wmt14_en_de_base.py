@@ -1,0 +1,37 @@
+"""The paper's base model on WMT 2014 English->German (§5, §6.1), for GPUs: needs TFDS `wmt14_translate/de-en` prepared
+in TFDS_DATA_DIR (`tfds build wmt14_translate/de-en` on a machine with internet). bf16 compute, fp32 parameters."""
+
+from jax_transformer.config import Config, DataConfig, DecodeConfig, TrainConfig, model_preset
+
+
+def get_config() -> Config:
+    return Config(
+        name="wmt14_en_de_base",
+        model=model_preset("base", dtype="bfloat16", max_len=512),
+        data=DataConfig(
+            format="tfds",
+            tfds_name="wmt14_translate/de-en",
+            src_lang="en",
+            tgt_lang="de",
+            valid_split="validation",
+            test_split="test",
+            vocab_size=37000,
+            spm_model_type="bpe",
+            spm_max_sentences=4_000_000,
+            max_len=256,
+            max_tokens=25000,
+        ),  # fmt: skip
+        train=TrainConfig(
+            steps=100_000,
+            schedule="noam",
+            learning_rate=1.0,
+            warmup_steps=4000,
+            label_smoothing=0.1,
+            log_every=100,
+            eval_every=5000,
+            bleu_max_sentences=1000,
+            save_every=5000,
+            keep_checkpoints=5,
+        ),  # fmt: skip
+        decode=DecodeConfig(beam_size=4, alpha=0.6),
+    )

@@ -1,0 +1,380 @@
+"""Typed, validated configuration.
+
+Every run is described by one `Config` (model, data, train, decode). A recipe is a small Python file in `configs/`
+defining `get_config() -> Config`; the command line overrides single fields with dotted keys
+(`--config.model.d_model=256`). Unknown keys, wrong types and out-of-range values raise `ConfigError` naming the
+key, so a typo never silently trains the wrong model. The resolved config is written as `config.json` into every
+run directory and read back from there by every other command.
+"""
+
+import dataclasses
+import importlib.util
+import json
+import os
+import typing
+from dataclasses import dataclass, field
+
+
+class UserError(Exception):
+    """A problem with what the user gave us (files, flags, configs). Entry points print it as one line and exit 1."""
+
+
+class ConfigError(UserError):
+    """An invalid configuration value, unknown key or wrong type."""
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _one_of(value: str, choices: tuple, key: str) -> None:
+    _require(value in choices, f"{key}={value!r} is not one of {', '.join(map(repr, choices))}")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the encoder-decoder (Vaswani et al., 2017, §3). Defaults are the paper's base model."""
+
+    vocab_size: int = 37000  # source vocabulary (the joint vocabulary when embeddings are shared)
+    target_vocab_size: int = 0  # 0: same as vocab_size (required when share_embeddings)
+    d_model: int = 512  # §3: width of every sub-layer output
+    num_heads: int = 8  # §3.2.2: h
+    d_ff: int = 2048  # §3.3: inner width of the feed-forward network
+    num_encoder_layers: int = 6  # §3.1: N
+    num_decoder_layers: int = 6
+    dropout: float = 0.1  # §5.4: P_drop on sub-layer outputs and on embeddings + positions
+    attention_dropout: float = 0.0  # dropout on the attention weights
+    ffn_dropout: float = 0.0  # dropout after the feed-forward activation
+    activation: str = "relu"  # §3.3 uses ReLU; 'gelu' as in BERT
+    norm_position: str = "post"  # 'post': LayerNorm(x + Sublayer(x)) as in §3.1; 'pre': x + Sublayer(LayerNorm(x))
+    layer_norm_eps: float = 1e-5
+    positional: str = "sinusoidal"  # §3.5 'sinusoidal', or 'learned' position embeddings
+    sinusoidal_layout: str = "interleaved"  # 'interleaved' (paper: sin, cos, sin, ...) or 'concatenated' (Marian/T2T)
+    max_len: int = 1024  # longest sequence the positional encoding covers
+    share_embeddings: bool = True  # one embedding matrix for source and target (§3.4)
+    tie_output: bool = True  # pre-softmax projection = target embedding transposed (§3.4)
+    use_bias: bool = True  # biases in the attention projections
+    scale_embeddings: bool = True  # multiply embeddings by sqrt(d_model) (§3.4)
+    pad_id: int = 0
+    dtype: str = "float32"  # computation dtype ('bfloat16' for mixed precision)
+    param_dtype: str = "float32"  # parameter storage dtype
+
+    def __post_init__(self):
+        for key in (
+            "vocab_size",
+            "d_model",
+            "num_heads",
+            "d_ff",
+            "num_encoder_layers",
+            "num_decoder_layers",
+            "max_len",
+        ):
+            _require(getattr(self, key) > 0, f"model.{key} must be positive, got {getattr(self, key)}")
+        _require(self.target_vocab_size >= 0, f"model.target_vocab_size must be >= 0, got {self.target_vocab_size}")
+        _require(
+            self.d_model % self.num_heads == 0,
+            f"model.d_model={self.d_model} must be divisible by model.num_heads={self.num_heads}",
+        )
+        for key in ("dropout", "attention_dropout", "ffn_dropout"):
+            _require(0.0 <= getattr(self, key) < 1.0, f"model.{key} must be in [0, 1), got {getattr(self, key)}")
+        _require(self.layer_norm_eps > 0, f"model.layer_norm_eps must be positive, got {self.layer_norm_eps}")
+        _one_of(self.activation, ("relu", "gelu", "gelu_tanh"), "model.activation")
+        _one_of(self.norm_position, ("post", "pre"), "model.norm_position")
+        _one_of(self.positional, ("sinusoidal", "learned"), "model.positional")
+        _one_of(self.sinusoidal_layout, ("interleaved", "concatenated"), "model.sinusoidal_layout")
+        _one_of(self.dtype, ("float32", "bfloat16", "float16"), "model.dtype")
+        _one_of(self.param_dtype, ("float32", "bfloat16"), "model.param_dtype")
+        _require(
+            not self.share_embeddings or self.target_vocab_size in (0, self.vocab_size),
+            "model.share_embeddings needs one vocabulary: set model.target_vocab_size=0 or share_embeddings=False",
+        )
+        _require(0 <= self.pad_id < self.vocab_size, f"model.pad_id={self.pad_id} is outside the vocabulary")
+
+    @property
+    def tgt_vocab_size(self) -> int:
+        return self.target_vocab_size or self.vocab_size
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.num_heads
+
+
+# Named presets: the paper's Table 3 models plus small ones for tests and CPUs.
+PRESETS = {
+    "base": dict(d_model=512, num_heads=8, d_ff=2048, num_encoder_layers=6, num_decoder_layers=6, dropout=0.1),
+    "big": dict(d_model=1024, num_heads=16, d_ff=4096, num_encoder_layers=6, num_decoder_layers=6, dropout=0.3),
+    "small": dict(d_model=256, num_heads=4, d_ff=1024, num_encoder_layers=3, num_decoder_layers=3, dropout=0.1),
+    "tiny": dict(d_model=128, num_heads=4, d_ff=256, num_encoder_layers=4, num_decoder_layers=4, dropout=0.3),
+    "test": dict(d_model=32, num_heads=4, d_ff=64, num_encoder_layers=2, num_decoder_layers=2, dropout=0.0),
+}
+
+
+def model_preset(name: str, **overrides) -> ModelConfig:
+    """`model_preset('base', vocab_size=37000)`: a paper (or small) preset with fields overridden."""
+    _one_of(name, tuple(PRESETS), "preset")
+    return ModelConfig(**{**PRESETS[name], **overrides})
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataConfig:
+    """Where the parallel text comes from and how it becomes batches (§5.1)."""
+
+    # 'files': plain or gzipped text, one sentence per line, one file per language ({split}.{lang}[.gz] below `path`);
+    # 'tsv' / 'jsonl': one file per split ({split}.tsv[.gz] / {split}.jsonl[.gz]) with columns src_field/tgt_field;
+    # 'tfds': a TFDS catalog dataset by name (e.g. 'wmt14_translate/de-en') prepared in TFDS_DATA_DIR.
+    format: str = "files"
+    path: str = "data/multi30k"  # folder holding the split files
+    tfds_name: str = ""
+    tfds_data_dir: str = ""  # where 'tfds' datasets are prepared (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets)
+    cache_dir: str = ""  # where local files are prepared as TFDS array_record (default: ~/.cache/jax_transformer/tfds)
+    src_lang: str = "en"
+    tgt_lang: str = "de"
+    src_field: str = ""  # tsv/jsonl column (default: src_lang); tsv columns may also be 0-based indices
+    tgt_field: str = ""
+    train_split: str = "train"
+    valid_split: str = "val"
+    test_split: str = "test_2016_flickr"
+    # sentencepiece (one joint vocabulary for both languages, trained on the training split)
+    vocab_size: int = 8000
+    spm_model_type: str = "unigram"  # 'unigram' or 'bpe'
+    spm_character_coverage: float = 1.0
+    spm_model: str = ""  # use this existing sentencepiece model instead of training one
+    spm_max_sentences: int = 2_000_000  # sentences sampled to train the vocabulary
+    # batching
+    max_len: int = 128  # longest training pair in tokens (EOS included); longer ones are dropped and counted
+    max_tokens: int = 4096  # token budget of one batch: max(src, tgt) padded length x sentences (§5.1)
+    # padded lengths are multiples of this, so jit sees few shapes; on Multi30k (max_tokens 4096) step 4 gives ~88%
+    # real tokens with ~24 shapes, step 8 ~80% with ~13 (rounding up to 8 wastes ~3.5 tokens of a ~16-token sentence)
+    length_bucket_step: int = 4
+    min_bucket_batches: int = 2  # a length bucket with fewer full batches joins a longer one: fewer shapes
+
+    def __post_init__(self):
+        _one_of(self.format, ("files", "tsv", "jsonl", "tfds"), "data.format")
+        _one_of(self.spm_model_type, ("unigram", "bpe"), "data.spm_model_type")
+        _require(self.format != "tfds" or self.tfds_name, "data.format='tfds' needs data.tfds_name")
+        _require(self.vocab_size >= 16, f"data.vocab_size must be >= 16, got {self.vocab_size}")
+        _require(
+            0.0 < self.spm_character_coverage <= 1.0,
+            f"data.spm_character_coverage must be in (0, 1], got {self.spm_character_coverage}",
+        )
+        _require(
+            (self.src_field or self.src_lang) != (self.tgt_field or self.tgt_lang),
+            f"data.src_lang and data.tgt_lang (or data.src_field and data.tgt_field) must differ, both are "
+            f"{self.src_field or self.src_lang!r}",
+        )
+        for key in ("max_len", "max_tokens", "length_bucket_step", "spm_max_sentences", "min_bucket_batches"):
+            _require(getattr(self, key) > 0, f"data.{key} must be positive, got {getattr(self, key)}")
+        _require(
+            self.max_tokens >= self.max_len,
+            f"data.max_tokens={self.max_tokens} must be >= data.max_len={self.max_len} (one sentence per batch)",
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Training and decoding
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation (§5.3), regularisation (§5.4), checkpoints and logging."""
+
+    steps: int = 100_000  # optimizer updates
+    schedule: str = "noam"  # 'noam' (§5.3 Eq. 3), 'inverse_sqrt', 'cosine', 'constant'
+    learning_rate: float = 1.0  # noam: the scale factor of Eq. 3; others: the peak learning rate
+    warmup_steps: int = 4000
+    end_learning_rate: float = 0.0  # cosine: final value
+    adam_b1: float = 0.9
+    adam_b2: float = 0.98
+    adam_eps: float = 1e-9
+    weight_decay: float = 0.0  # > 0: AdamW (decoupled weight decay)
+    clip_grad_norm: float = 0.0  # global-norm clipping threshold; 0 disables
+    label_smoothing: float = 0.1  # §5.4: eps_ls
+    grad_accum_steps: int = 1  # batches summed into one update
+    log_every: int = 100
+    eval_every: int = 1000  # validation loss; 0 disables
+    bleu_every: int = 0  # greedy validation BLEU; 0: with every eval
+    bleu_max_sentences: int = 0  # 0: the whole validation split
+    save_every: int = 1000
+    keep_checkpoints: int = 5  # last K checkpoints kept
+    keep_best: bool = True  # also keep the best checkpoint by validation BLEU (or loss if BLEU is off)
+    best_metric: str = "bleu"  # 'bleu' or 'loss'
+
+    def __post_init__(self):
+        _one_of(self.schedule, ("noam", "inverse_sqrt", "cosine", "constant"), "train.schedule")
+        _one_of(self.best_metric, ("bleu", "loss"), "train.best_metric")
+        for key in ("steps", "grad_accum_steps", "log_every", "save_every", "keep_checkpoints"):
+            _require(getattr(self, key) > 0, f"train.{key} must be positive, got {getattr(self, key)}")
+        for key in ("warmup_steps", "eval_every", "bleu_every", "bleu_max_sentences"):
+            _require(getattr(self, key) >= 0, f"train.{key} must be >= 0, got {getattr(self, key)}")
+        _require(self.learning_rate > 0, f"train.learning_rate must be positive, got {self.learning_rate}")
+        _require(
+            0.0 <= self.label_smoothing < 1.0, f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}"
+        )
+        _require(self.clip_grad_norm >= 0, f"train.clip_grad_norm must be >= 0, got {self.clip_grad_norm}")
+        _require(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        _require(self.schedule != "noam" or self.warmup_steps > 0, "train.schedule='noam' needs train.warmup_steps > 0")
+
+
+@dataclass
+class DecodeConfig:
+    """Inference settings (§6.1: beam 4, length penalty alpha 0.6, max length = source length + 50)."""
+
+    beam_size: int = 4
+    alpha: float = 0.6  # GNMT length penalty exponent
+    max_extra_len: int = 50  # output may be this much longer than the source
+    max_tokens: int = 8192  # token budget of a decoding batch
+
+    def __post_init__(self):
+        _require(self.beam_size > 0, f"decode.beam_size must be positive, got {self.beam_size}")
+        _require(self.alpha >= 0, f"decode.alpha must be >= 0, got {self.alpha}")
+        _require(self.max_extra_len > 0, f"decode.max_extra_len must be positive, got {self.max_extra_len}")
+        _require(self.max_tokens > 0, f"decode.max_tokens must be positive, got {self.max_tokens}")
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    run_dir: str = ""  # default: runs/{name}
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+    def __post_init__(self):
+        _require(bool(self.name), "name must not be empty")
+
+    @property
+    def directory(self) -> str:
+        """The run directory: `run_dir` if set, else runs/{name}."""
+        return self.run_dir or os.path.join("runs", self.name)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Config":
+        return _from_dict(cls, data, "")
+
+    def save(self, path: str) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=2)
+            f.write("\n")
+
+    @classmethod
+    def load(cls, path: str) -> "Config":
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"no config file at {path}") from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path} is not valid JSON ({e})") from None
+        return cls.from_dict(data)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Building configs from dicts, files and command-line overrides
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _check_value(value, typ, key: str):
+    """Return `value` as `typ`, accepting ints for floats; raise ConfigError on anything else."""
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typ is int and isinstance(value, bool) or not isinstance(value, typ):
+        raise ConfigError(f"{key} must be of type {typ.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _from_dict(cls, data: dict, prefix: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key {prefix}{unknown[0]} (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name, value in data.items():
+        typ = hints[name]
+        if dataclasses.is_dataclass(typ):
+            kwargs[name] = _from_dict(typ, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _check_value(value, typ, prefix + name)
+    return cls(**kwargs)
+
+
+def _parse_override_value(text: str, typ, key: str):
+    if typ is bool:
+        if text.lower() in ("true", "1", "yes"):
+            return True
+        if text.lower() in ("false", "0", "no"):
+            return False
+        raise ConfigError(f"{key} must be true or false, got {text!r}")
+    if typ is str:
+        return text
+    try:
+        return typ(text)
+    except ValueError:
+        raise ConfigError(f"{key} must be of type {typ.__name__}, got {text!r}") from None
+
+
+def apply_overrides(config: Config, overrides: list[str]) -> Config:
+    """Apply `key.path=value` strings (the part after `--config.`) and re-validate the whole config."""
+    data = config.to_dict()
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value, e.g. model.d_model=256")
+        key, text = item.split("=", 1)
+        cls, node, parts = Config, data, key.split(".")
+        for i, part in enumerate(parts):
+            names = {f.name for f in dataclasses.fields(cls)}
+            if part not in names:
+                where = ".".join(parts[:i]) or "config"
+                raise ConfigError(f"unknown config key {key} ({where} has: {', '.join(sorted(names))})")
+            typ = typing.get_type_hints(cls)[part]
+            if i < len(parts) - 1:
+                if not dataclasses.is_dataclass(typ):
+                    raise ConfigError(f"unknown config key {key} ({'.'.join(parts[: i + 1])} is not a section)")
+                cls, node = typ, node[part]
+            else:
+                if dataclasses.is_dataclass(typ):
+                    raise ConfigError(f"{key} is a section; set one of its fields, e.g. {key}.<field>=value")
+                node[part] = _parse_override_value(text, typ, key)
+    return Config.from_dict(data)
+
+
+def load_config_file(path: str, overrides: list[str] = ()) -> Config:
+    """Load `configs/NAME.py` (which defines `get_config()`), or a run's `config.json`, then apply overrides."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path} does not exist (recipes live in configs/, e.g. configs/tiny.py)")
+    if path.endswith(".json"):
+        config = Config.load(path)
+    else:
+        spec = importlib.util.spec_from_file_location("_user_config", path)
+        module = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(module)
+        except ConfigError:
+            raise
+        except Exception as e:  # a broken recipe file is a user error too
+            raise ConfigError(f"could not load {path}: {type(e).__name__}: {e}") from None
+        if not hasattr(module, "get_config"):
+            raise ConfigError(f"{path} must define get_config() returning a jax_transformer.config.Config")
+        config = module.get_config()
+        if not isinstance(config, Config):
+            raise ConfigError(f"get_config() in {path} returned {type(config).__name__}, not Config")
+    return apply_overrides(config, list(overrides))

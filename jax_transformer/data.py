@@ -1,0 +1,559 @@
+"""Training input pipeline: TFDS source -> sentencepiece ids -> token-budget batches (§5.1).
+
+Every corpus is read through TFDS, without TensorFlow: local files (plain or gzipped text, one sentence per line, or
+TSV / JSONL) are prepared once by `LocalParallelText` into array_record files in a cache folder and read back with
+`as_data_source()` (random access, no tf.data); catalog datasets such as 'wmt14_translate/de-en' are read the same way
+from TFDS_DATA_DIR. Bad input (missing files, misaligned or empty lines, invalid UTF-8, absurdly long lines) raises a
+one-line `UserError` naming the file, the line and the fix.
+
+Batching follows §5.1: "Sentence pairs were batched together by approximate sequence length. Each training batch
+contained a set of sentence pairs containing approximately 25000 source tokens and 25000 target tokens." Here the
+budget is `max_tokens` per side. Because `jit` compiles once per input shape, padded lengths are rounded up to a
+multiple of `length_bucket_step` and each (source length, target length) bucket has a fixed row count.
+"""
+
+import contextlib
+import gzip
+import hashlib
+import json
+import logging
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from jax_transformer.config import DataConfig, UserError
+from jax_transformer.tokenizer import BOS_ID, PAD_ID, Tokenizer, train_tokenizer
+
+log = logging.getLogger(__name__)
+
+MAX_LINE_CHARS = 20_000  # a "sentence" longer than this is a broken file (e.g. \r line ends), not a long sentence
+_READER_VERSION = 1  # bump when reading changes, so cached preparations are rebuilt
+Example = tuple[np.ndarray, np.ndarray | None]  # (source ids + EOS, target ids + EOS); target None: source only
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Reading and validating local files
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _find_file(folder: str, name: str) -> str:
+    """`folder/name`, or `folder/name.gz` when only the gzipped file exists."""
+    for candidate in (os.path.join(folder, name), os.path.join(folder, name + ".gz")):
+        if os.path.isfile(candidate):
+            return candidate
+    if not os.path.isdir(folder):
+        raise UserError(f"data folder {folder} does not exist; fix: set data.path to the folder holding {name}")
+    raise UserError(
+        f"missing file {os.path.join(folder, name)}[.gz]; fix: add it, or set data.path, data.src_lang/tgt_lang or "
+        "data.train_split/valid_split/test_split to match the files there"
+    )
+
+
+def _read_lines(path: str) -> list[str]:
+    """The lines of a UTF-8 text file (gzipped if it ends in .gz), split on '\\n' only.
+
+    str.splitlines() would also split on characters such as U+2028 or U+0085 that occur inside real sentences and
+    shift one side of a parallel corpus against the other; so we split the raw text on newlines ourselves.
+    """
+    try:
+        with gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
+        raise UserError(f"{path}: cannot read it ({e}); fix: replace the file (a .gz file must be gzip data)") from None
+    try:
+        text = data.decode("utf-8-sig")  # -sig: drop a byte-order mark some editors write
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise UserError(
+            f"{path}:{line}: invalid UTF-8 (byte 0x{data[e.start]:02x}); fix: convert the file to UTF-8, "
+            "e.g. iconv -f latin1 -t utf-8"
+        ) from None
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line.rstrip("\r") for line in lines]
+
+
+def _checked(text: str, path: str, line: int) -> str:
+    text = text.strip()
+    if not text:
+        raise UserError(f"{path}:{line}: empty line; fix: delete this pair (the same line on both sides) or fill it in")
+    if len(text) > MAX_LINE_CHARS:
+        raise UserError(
+            f"{path}:{line}: a line of {len(text)} characters (limit {MAX_LINE_CHARS}); fix: put one sentence per "
+            "line (old Mac files end lines with \\r only)"
+        )
+    return text
+
+
+def _field(record: dict, key: str, where: str):
+    """record[key], where a dotted key reaches into nested objects ('translation.en'); bytes are decoded."""
+    value = record.get(key) if isinstance(record, dict) else None
+    if value is None and "." in key:
+        value = record
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+    if isinstance(value, bytes):
+        value = value.decode("utf-8")
+    if not isinstance(value, str):
+        keys = ", ".join(map(str, record)) if isinstance(record, dict) else type(record).__name__
+        raise UserError(
+            f"{where}: no text field {key!r} (found: {keys}); fix: set data.src_field/data.tgt_field "
+            "(dots reach nested keys, e.g. translation.en)"
+        )
+    return value
+
+
+def _split_files(cfg: DataConfig, split: str) -> list[str]:
+    if cfg.format == "files":
+        return [_find_file(cfg.path, f"{split}.{cfg.src_lang}"), _find_file(cfg.path, f"{split}.{cfg.tgt_lang}")]
+    return [_find_file(cfg.path, f"{split}.{cfg.format}")]
+
+
+def read_local_pairs(cfg: DataConfig, split: str) -> list[tuple[str, str]]:
+    """Read and validate one split of local files (format files/tsv/jsonl) without TFDS; the builder calls this."""
+    files = _split_files(cfg, split)
+    keys = (cfg.src_field or cfg.src_lang, cfg.tgt_field or cfg.tgt_lang)
+    pairs = {"files": _text_pairs, "tsv": _tsv_pairs, "jsonl": _jsonl_pairs}[cfg.format](files, keys)
+    if not pairs:
+        raise UserError(f"{files[0]} has no sentence pairs; fix: point data.path at a folder with the {split} split")
+    return pairs
+
+
+def _text_pairs(files: list[str], keys: tuple[str, str]) -> list[tuple[str, str]]:
+    """Two line-aligned files, one sentence per line."""
+    (src_path, tgt_path), (src, tgt) = files, [_read_lines(path) for path in files]
+    if len(src) != len(tgt):
+        short = src_path if len(src) < len(tgt) else tgt_path
+        raise UserError(
+            f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)} ({short} ends first, at line "
+            f"{min(len(src), len(tgt)) + 1}); fix: make the files line-aligned translations, one sentence per line"
+        )
+    pairs = zip(src, tgt, strict=True)
+    return [(_checked(s, src_path, i), _checked(t, tgt_path, i)) for i, (s, t) in enumerate(pairs, 1)]
+
+
+def _tsv_pairs(files: list[str], keys: tuple[str, str]) -> list[tuple[str, str]]:
+    """Tab-separated columns, named by a header line or, when both keys are numbers, by 0-based index (no header)."""
+    path, lines, first, header = files[0], _read_lines(files[0]), 1, []
+    if not all(key.isdigit() for key in keys):
+        header = [name.strip() for name in lines[0].split("\t")] if lines else []
+        for key in keys:
+            if not key.isdigit() and key not in header:
+                raise UserError(
+                    f"{path}:1: no column {key!r} in the header {header}; fix: set data.src_field/data.tgt_field "
+                    "to a header name or a 0-based column index"
+                )
+        lines, first = lines[1:], 2
+    columns = [int(key) if key.isdigit() else header.index(key) for key in keys]
+    pairs = []
+    for i, line in enumerate(lines, first):
+        cells = line.split("\t")
+        if len(cells) <= max(columns):
+            _checked(line, path, i)  # a blank line gets the empty-line message
+            raise UserError(
+                f"{path}:{i}: {len(cells)} tab-separated column(s), need {max(columns) + 1}; fix: one pair per line, "
+                "columns separated by tabs"
+            )
+        pairs.append((_checked(cells[columns[0]], path, i), _checked(cells[columns[1]], path, i)))
+    return pairs
+
+
+def _jsonl_pairs(files: list[str], keys: tuple[str, str]) -> list[tuple[str, str]]:
+    """One JSON object per line; dotted keys reach nested objects ({"translation": {"en": ...}})."""
+    path, pairs = files[0], []
+    for i, line in enumerate(_read_lines(path), 1):
+        if not line.strip():
+            _checked(line, path, i)
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{i}: invalid JSON ({e.msg}, column {e.colno}); fix: one object per line") from None
+        pairs.append(tuple(_checked(_field(record, key, f"{path}:{i}"), path, i) for key in keys))
+    return pairs
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# TFDS: the local-files builder and catalog datasets
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class LocalParallelText(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """One split of local parallel text as a TFDS dataset in array_record files (readable without TensorFlow).
+
+    The builder config name is the split plus a hash of the input files' paths, sizes and modification times, so an
+    edited file is prepared again while unchanged ones are read from the cache. Examples keep their line order
+    (disable_shuffling), so evaluation outputs line up with the reference file.
+    """
+
+    VERSION = tfds.core.Version("1.0.0")
+    # TFDS looks for a download-checksums file beside the builder's module, and finding that module needs the
+    # undeclared `importlib_resources` package; nothing is downloaded here, so there is no module to look in.
+    code_path = None
+
+    def __init__(self, *, cfg: DataConfig, split: str, data_dir: str):
+        self._cfg, self._split = cfg, split
+        self._files = _split_files(cfg, split)
+        self.tfds_split = re.sub(r"\W", "_", split)
+        key = [_READER_VERSION, cfg.format, cfg.src_field or cfg.src_lang, cfg.tgt_field or cfg.tgt_lang]
+        for path in self._files:
+            stat = os.stat(path)
+            key += [os.path.abspath(path), stat.st_size, stat.st_mtime_ns]
+        digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
+        config = tfds.core.BuilderConfig(name=f"{self.tfds_split}-{digest}", description=" + ".join(self._files))
+        super().__init__(config=config, data_dir=data_dir, file_format="array_record")
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        features = tfds.features.FeaturesDict({"source": tfds.features.Text(), "target": tfds.features.Text()})
+        return tfds.core.DatasetInfo(builder=self, features=features, disable_shuffling=True)
+
+    def _split_generators(self, dl_manager):
+        return {self.tfds_split: self._generate_examples()}
+
+    def _generate_examples(self):
+        for i, (source, target) in enumerate(read_local_pairs(self._cfg, self._split)):
+            yield i, {"source": source, "target": target}
+
+    def _log_download_bytes(self) -> None:  # TFDS prints a "Downloading ..." banner; nothing is downloaded here
+        log.info("preparing %s as TFDS array_record in %s", " + ".join(self._files), self.data_dir)
+
+    def _log_download_done(self) -> None:
+        log.info("prepared %s", self.data_dir)
+
+
+@contextlib.contextmanager
+def _quiet_tfds():
+    """Silence TFDS progress bars and absl warnings ("custom data configuration") around preparation."""
+    from tensorflow_datasets.core.utils import tqdm_utils
+
+    absl_logger, bars = logging.getLogger("absl"), getattr(tqdm_utils, "_active", True)
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
+    tfds.disable_progress_bar()
+    try:
+        yield
+    finally:
+        absl_logger.setLevel(level)
+        if bars:
+            tfds.enable_progress_bar()
+
+
+def _read_all(source, chunk: int = 65536) -> Iterator[dict]:
+    for start in range(0, len(source), chunk):
+        yield from source.__getitems__(range(start, min(start + chunk, len(source))))
+
+
+def default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "jax_transformer", "tfds")
+
+
+def load_split(cfg: DataConfig, split: str, data_dir: str | None = None) -> list[tuple[str, str]]:
+    """The (source, target) text pairs of `split`, read through TFDS.
+
+    `data_dir` overrides where TFDS data lives: the cache for local files (cfg.cache_dir, else default_cache_dir()),
+    the prepared catalog datasets for format 'tfds' (cfg.tfds_data_dir, else TFDS's own default / TFDS_DATA_DIR).
+    """
+    if cfg.format == "tfds":
+        return _load_catalog(cfg, split, data_dir or cfg.tfds_data_dir or None)
+    data_dir = data_dir or cfg.cache_dir or default_cache_dir()
+    with _quiet_tfds():
+        builder = LocalParallelText(cfg=cfg, split=split, data_dir=data_dir)
+        if not builder.is_prepared():
+            try:
+                builder.download_and_prepare()
+            except OSError:  # another run preparing the same files may have renamed its copy into place first
+                builder = LocalParallelText(cfg=cfg, split=split, data_dir=data_dir)
+                if not builder.is_prepared():
+                    raise
+        source = builder.as_data_source(split=builder.tfds_split)
+    return [(ex["source"].decode("utf-8"), ex["target"].decode("utf-8")) for ex in _read_all(source)]
+
+
+def _load_catalog(cfg: DataConfig, split: str, data_dir: str | None) -> list[tuple[str, str]]:
+    import tensorflow_datasets.translate  # noqa: F401  registers wmt14_translate & co., not imported by default
+
+    name, where = cfg.tfds_name, data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+    prepare = f"tfds build {name} --file_format=array_record --data_dir={where}"
+    with _quiet_tfds():
+        try:
+            builder = tfds.builder(name, data_dir=data_dir)
+        except (tfds.core.registered.DatasetNotFoundError, ValueError) as e:
+            raise UserError(
+                f"unknown TFDS dataset {name!r} ({str(e).splitlines()[0]}); fix: check data.tfds_name "
+                "(e.g. wmt14_translate/de-en) and data.tfds_data_dir"
+            ) from None
+        if not builder.is_prepared():
+            raise UserError(
+                f"TFDS dataset {name} is not prepared in {where}; fix: prepare it once with `{prepare}`, or set "
+                "TFDS_DATA_DIR / data.tfds_data_dir to where it is prepared"
+            )
+        if split.split("[")[0] not in builder.info.splits:
+            raise UserError(
+                f"TFDS dataset {name} has no split {split!r} (it has: {', '.join(builder.info.splits)}); fix: set "
+                "data.train_split/valid_split/test_split"
+            )
+        try:
+            source = builder.as_data_source(split=split)
+        except ValueError:
+            raise UserError(
+                f"TFDS dataset {name} in {builder.data_dir} is stored as {builder.info.file_format.value}, which "
+                f"needs TensorFlow to read; fix: prepare it again as array_record: `{prepare}`"
+            ) from None
+    src_key, tgt_key = cfg.src_field or cfg.src_lang, cfg.tgt_field or cfg.tgt_lang
+    pairs, skipped = [], 0
+    for i, example in enumerate(_read_all(source)):
+        where = f"TFDS {name} split {split} example {i}"
+        source_text, target_text = _field(example, src_key, where).strip(), _field(example, tgt_key, where).strip()
+        if source_text and target_text:
+            pairs.append((source_text, target_text))
+        else:
+            skipped += 1
+    if skipped:
+        log.warning("%s split %s: skipped %d pairs with an empty side", name, split, skipped)
+    return pairs
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Tokenization
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def get_tokenizer(cfg: DataConfig, run_dir: str, train_pairs: Sequence[tuple[str, str]] | None = None) -> Tokenizer:
+    """The run's tokenizer: `run_dir/spm.model` if it exists (resume, inference), else a copy of cfg.spm_model, else
+    a joint vocabulary trained on the training split's source and target sentences (at most cfg.spm_max_sentences,
+    sampled with a fixed seed so the same data gives the same vocabulary)."""
+    path = os.path.join(run_dir, "spm.model")
+    if os.path.isfile(path):
+        tokenizer = Tokenizer.load(path)
+    elif cfg.spm_model:
+        tokenizer = Tokenizer.load(cfg.spm_model)
+        tokenizer.check_special_ids()
+        tokenizer.save(path)
+    else:
+        pairs = train_pairs if train_pairs is not None else load_split(cfg, cfg.train_split)
+        sentences = [text for pair in pairs for text in pair]
+        if len(sentences) > cfg.spm_max_sentences:
+            keep = np.sort(np.random.default_rng(0).choice(len(sentences), cfg.spm_max_sentences, replace=False))
+            sentences = [sentences[i] for i in keep]
+        log.info(
+            "training a %d-piece %s vocabulary on %d sentences", cfg.vocab_size, cfg.spm_model_type, len(sentences)
+        )
+        tokenizer = train_tokenizer(sentences, path, cfg)
+    tokenizer.check_special_ids()
+    return tokenizer
+
+
+def encode_pairs(
+    pairs: Sequence[tuple[str, str]], tokenizer: Tokenizer, max_len: int | None
+) -> tuple[list[Example], int]:
+    """Token ids with EOS appended to both sides, and the number of pairs dropped because a side (EOS included) is
+    longer than `max_len`. Pass max_len=None for evaluation data, where dropping would misalign the references."""
+    eos = tokenizer.eos_id
+    sources = tokenizer.encode([source for source, _ in pairs])
+    targets = tokenizer.encode([target for _, target in pairs])
+    examples, dropped = [], 0
+    for source, target in zip(sources, targets, strict=True):
+        if max_len is not None and max(len(source), len(target)) + 1 > max_len:
+            dropped += 1
+            continue
+        examples.append((np.array(source + [eos], np.int32), np.array(target + [eos], np.int32)))
+    return examples, dropped
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Token-budget batching (§5.1)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Bucket:
+    src_len: int  # padded lengths: the batch shape is (rows, src_len) and (rows, tgt_len)
+    tgt_len: int
+    rows: int
+    members: np.ndarray  # examples whose rounded lengths are exactly this shape
+    num_batches: int
+    spill_to: int | None  # bucket that takes the examples that do not fill whole batches here (None: pad rows)
+
+
+def _plan(lengths: np.ndarray, max_tokens: int, step: int, min_batches: int, batch_multiple: int) -> list[_Bucket]:
+    """Group examples by padded (source, target) length, fixing each shape's row count and number of batches.
+
+    Buckets are visited shortest first; the examples left over after a bucket's whole batches (or all of them, when it
+    would make fewer than `min_batches` batches) move on to the smallest longer bucket that fits both sides. So only
+    the longest buckets ever pad whole rows, and rare lengths do not each cost a jit compilation. The plan depends on
+    the lengths only, so every epoch has the same shapes and batch count; only which examples go where changes.
+    """
+    padded = -(-lengths // step) * step  # (n, 2) rounded up to a multiple of step
+    keys, inverse = np.unique(padded, axis=0, return_inverse=True)
+    inverse = inverse.ravel()
+    members = np.split(np.argsort(inverse, kind="stable"), np.cumsum(np.bincount(inverse))[:-1])
+    order = np.lexsort((keys[:, 1], keys[:, 0], keys.sum(axis=1)))  # shortest (source + target) first
+    keys, members = keys[order], [members[k] for k in order]
+    counts = [len(m) for m in members]
+    buckets = []
+    for k, (src_len, tgt_len) in enumerate(keys.tolist()):
+        rows = max(batch_multiple, max_tokens // max(src_len, tgt_len) // batch_multiple * batch_multiple)
+        fits = (keys[k + 1 :] >= keys[k]).all(axis=1)  # later buckets holding both sides; the first is the smallest
+        spill_to = k + 1 + int(fits.argmax()) if fits.any() else None
+        if spill_to is None:
+            num_batches = -(-counts[k] // rows)
+        else:
+            num_batches = counts[k] // rows if counts[k] // rows >= min_batches else 0
+            counts[spill_to] += counts[k] - num_batches * rows
+        buckets.append(_Bucket(src_len, tgt_len, rows, members[k], num_batches, spill_to))
+    return buckets
+
+
+def _assign(buckets: list[_Bucket], rng: np.random.Generator | None) -> list[tuple[int, np.ndarray]]:
+    """(bucket, example indices with -1 for padding rows) of every batch of one epoch, shuffled within buckets."""
+    carried: list[list[np.ndarray]] = [[] for _ in buckets]
+    batches = []
+    for position, bucket in enumerate(buckets):
+        pool = np.concatenate([bucket.members, *carried[position]])
+        if rng is not None:
+            pool = rng.permutation(pool)
+        if bucket.spill_to is not None:
+            carried[bucket.spill_to].append(pool[bucket.num_batches * bucket.rows :])
+        for b in range(bucket.num_batches):
+            rows = pool[b * bucket.rows : (b + 1) * bucket.rows]
+            batches.append((position, np.pad(rows, (0, bucket.rows - len(rows)), constant_values=-1)))
+    return batches
+
+
+def _make_batch(examples: Sequence[Example], indices: np.ndarray, bucket: _Bucket) -> dict[str, np.ndarray]:
+    """src (rows, S); tgt_in = BOS + target (rows, T), the decoder input; tgt_out = target + EOS (rows, T), the
+    labels. Padding is PAD_ID (0); the model derives its padding masks from it."""
+    src = np.full((len(indices), bucket.src_len), PAD_ID, np.int32)
+    tgt_in = np.full((len(indices), bucket.tgt_len), PAD_ID, np.int32)
+    tgt_out = np.full((len(indices), bucket.tgt_len), PAD_ID, np.int32)
+    for row, i in enumerate(indices):
+        if i >= 0:
+            source, target = examples[i]
+            src[row, : len(source)] = source
+            if target is not None:
+                tgt_out[row, : len(target)] = target
+                tgt_in[row, 0] = BOS_ID
+                tgt_in[row, 1 : len(target)] = target[:-1]
+    return {"src": src} if bucket.tgt_len == 0 else {"src": src, "tgt_in": tgt_in, "tgt_out": tgt_out}
+
+
+def _lengths(examples: Sequence[Example]) -> np.ndarray:
+    return np.array([(len(s), 0 if t is None else len(t)) for s, t in examples], np.int64).reshape(-1, 2)
+
+
+class BatchIterator:
+    """Training batches within a token budget (§5.1), reshuffled every epoch, resumable at any batch.
+
+    Each batch has `rows` sentence pairs with rows * max(S, T) <= max_tokens. Within a length bucket the examples are
+    shuffled from (seed, epoch) before being cut into batches, then the order of all batches is shuffled from (seed,
+    epoch) too: batches differ from epoch to epoch, but the same seed and epoch always give the same batches, which is
+    what makes `state()` + `restore()` an exact resume.
+
+    Iterating never ends: it runs through epoch after epoch, starting where `state()` says; `epoch_batches(epoch)`
+    gives one epoch without touching the position.
+    """
+
+    def __init__(
+        self,
+        examples: Sequence[Example],
+        max_tokens: int,
+        length_bucket_step: int = 4,
+        seed: int = 0,
+        shuffle: bool = True,
+        min_bucket_batches: int = 2,
+        batch_multiple: int = 1,
+    ):
+        if not examples:
+            raise UserError("no training examples left to batch; fix: check the data, or raise data.max_len")
+        self.examples, self.seed, self.shuffle = examples, seed, shuffle
+        lengths = _lengths(examples)
+        self._buckets = _plan(lengths, max_tokens, length_bucket_step, min_bucket_batches, batch_multiple)
+        slots = sum(b.num_batches * b.rows * (b.src_len + b.tgt_len) for b in self._buckets)
+        self.padding_efficiency = float(lengths.sum() / slots)  # real tokens / padded slots, source + target
+        settings = [max_tokens, length_bucket_step, seed, shuffle, min_bucket_batches, batch_multiple]
+        digest = hashlib.sha256(json.dumps(settings).encode() + lengths.tobytes())
+        self.fingerprint = digest.hexdigest()[:16]
+        self.epoch, self.index = 0, 0
+        self._cached: tuple[int, list] | None = None
+
+    @property
+    def num_batches_per_epoch(self) -> int:
+        return sum(b.num_batches for b in self._buckets)
+
+    def __len__(self) -> int:
+        return self.num_batches_per_epoch
+
+    @property
+    def shapes(self) -> list[tuple[int, int, int]]:
+        """The distinct (rows, S, T) batch shapes: one jit compilation each."""
+        return sorted({(b.rows, b.src_len, b.tgt_len) for b in self._buckets if b.num_batches})
+
+    def stats(self) -> dict:
+        return {
+            "examples": len(self.examples),
+            "batches_per_epoch": self.num_batches_per_epoch,
+            "shapes": len(self.shapes),
+            "padding_efficiency": round(self.padding_efficiency, 4),
+        }
+
+    def _epoch_plan(self, epoch: int) -> list[tuple[int, np.ndarray]]:
+        if self._cached is None or self._cached[0] != epoch:
+            rng = np.random.default_rng([self.seed % 2**32, epoch]) if self.shuffle else None  # seeds must be >= 0
+            plan = _assign(self._buckets, rng)
+            if rng is not None:
+                plan = [plan[i] for i in rng.permutation(len(plan))]
+            self._cached = (epoch, plan)
+        return self._cached[1]
+
+    def epoch_batches(self, epoch: int, start: int = 0) -> Iterator[dict[str, np.ndarray]]:
+        """The batches of `epoch` from batch `start` on, in order (the same every time)."""
+        for position, indices in self._epoch_plan(epoch)[start:]:
+            yield _make_batch(self.examples, indices, self._buckets[position])
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        while True:
+            plan = self._epoch_plan(self.epoch)
+            while self.index < len(plan):
+                position, indices = plan[self.index]
+                self.index += 1
+                yield _make_batch(self.examples, indices, self._buckets[position])
+            self.epoch, self.index = self.epoch + 1, 0
+
+    def state(self) -> dict:
+        """Where the next batch comes from, as a small JSON-able dict. With a prefetching consumer, save the state
+        taken when the last *consumed* batch was produced, not the iterator's latest."""
+        return {"epoch": self.epoch, "index": self.index, "fingerprint": self.fingerprint}
+
+    def restore(self, state: dict, strict: bool = True) -> None:
+        """Continue from `state()`. Different data or batching settings would not reproduce the interrupted run's
+        batches: that is a UserError unless strict=False (then the position is kept but the batches differ)."""
+        if state.get("fingerprint") != self.fingerprint:
+            message = (
+                "the training data or batching settings (max_tokens, length_bucket_step, seed, ...) differ from the "
+                "run being resumed, so its batch sequence cannot be continued exactly"
+            )
+            if strict:
+                raise UserError(f"{message}; fix: resume with the original data and config, or start a new run")
+            log.warning(message)
+        self.epoch, self.index = int(state["epoch"]), min(int(state["index"]), self.num_batches_per_epoch)
+
+
+def eval_batches(
+    examples: Sequence[Example],
+    max_tokens: int,
+    length_bucket_step: int = 4,
+    min_bucket_batches: int = 1,
+    batch_multiple: int = 1,
+) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
+    """Validation/test batches sorted by length, each with the original indices of its rows (-1 for padding rows), so
+    decoded outputs can be put back in the input order. Examples may be source only, (ids, None): batches then hold
+    just 'src'. Nothing is dropped, whatever its length."""
+    if not examples:
+        return
+    buckets = _plan(_lengths(examples), max_tokens, length_bucket_step, min_bucket_batches, batch_multiple)
+    for position, indices in _assign(buckets, rng=None):
+        yield _make_batch(examples, indices, buckets[position]), indices

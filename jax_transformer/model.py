@@ -1,0 +1,379 @@
+"""The Transformer of "Attention Is All You Need" (Vaswani et al., 2017) in Flax NNX.
+
+Read top to bottom: attention (§3.2), feed-forward (§3.3), embeddings and positions (§3.4, §3.5), layers and stacks
+(§3.1), the encoder-decoder. `torch_ref/model.py` mirrors this file class for class and attribute for attribute.
+
+Conventions: shapes are (batch, length, features); masks are boolean "may attend" arrays that broadcast to
+(batch, heads, q_len, k_len); token id `config.pad_id` is padding. This file knows nothing about data, training,
+decoding or checkpoints.
+"""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from .config import ModelConfig
+
+# Initialisers (the paper does not specify them; these are the common choice of tensor2tensor/fairseq):
+# Xavier-uniform projections, N(0, d_model^-0.5) embeddings so that embedding * sqrt(d_model) has unit scale.
+LINEAR_INIT = nnx.initializers.xavier_uniform()
+
+
+def embedding_init(d_model: int):
+    return nnx.initializers.normal(stddev=d_model**-0.5)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Masks
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def padding_mask(ids: jax.Array, pad_id: int) -> jax.Array:
+    """True where a key position holds a real token. (batch, len) -> (batch, 1, 1, len)."""
+    return (ids != pad_id)[:, None, None, :]
+
+
+def causal_mask(length: int) -> jax.Array:
+    """§3.2.3: position i may attend to positions <= i only. -> (1, 1, length, length)."""
+    return jnp.tril(jnp.ones((length, length), dtype=bool))[None, None, :, :]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Attention (§3.2)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def scaled_dot_product_attention(query, key, value, mask=None, dropout=None):
+    """§3.2.1, Eq. 1: Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V.
+
+    query: (batch, heads, q_len, d_k); key, value: (batch, heads, k_len, d_k); mask: bool, broadcastable to
+    (batch, heads, q_len, k_len), True = may attend. `dropout` (a callable) is applied to the attention weights.
+    Returns (output (batch, heads, q_len, d_k), weights (batch, heads, q_len, k_len)). A query row with no
+    visible key gets all-zero weights and a zero output instead of NaN.
+    """
+    d_k = query.shape[-1]
+    query = query / jnp.asarray(math.sqrt(d_k), query.dtype)
+    scores = jnp.einsum("bhqd,bhkd->bhqk", query, key)  # (batch, heads, q_len, k_len)
+    scores = scores.astype(jnp.float32)  # softmax in fp32 also under bf16 compute
+    if mask is not None:
+        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(scores, axis=-1)
+    if mask is not None:  # a fully masked row would be uniform over masked keys: zero it
+        weights = jnp.where(jnp.any(mask, axis=-1, keepdims=True), weights, 0.0)
+    weights = weights.astype(value.dtype)
+    if dropout is not None:
+        weights = dropout(weights)
+    output = jnp.einsum("bhqk,bhkd->bhqd", weights, value)  # (batch, heads, q_len, d_k)
+    return output, weights
+
+
+class MultiHeadAttention(nnx.Module):
+    """§3.2.2: MultiHead(Q, K, V) = Concat(head_1..head_h) W^O, head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V).
+
+    The h per-head projections are stored as one (d_model, d_model) matrix each for queries, keys and values.
+    Self-attention passes the same sequence as `inputs_q` and `inputs_kv`; cross-attention passes the encoder output
+    as `inputs_kv`. Incremental decoding passes precomputed heads instead (`key_value`, see `project_key_value`).
+    """
+
+    def __init__(self, d_model, num_heads, *, dropout=0.0, use_bias=True, dtype=None, param_dtype=jnp.float32, rngs):
+        self.num_heads = num_heads
+        self.head_dim = d_model // num_heads
+        linear = functools.partial(
+            nnx.Linear, d_model, d_model, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
+            kernel_init=LINEAR_INIT, rngs=rngs,
+        )  # fmt: skip
+        self.query = linear()
+        self.key = linear()
+        self.value = linear()
+        self.out = linear()
+        self.attention_dropout = nnx.Dropout(dropout, rngs=rngs)
+
+    def split_heads(self, x):  # (batch, len, d_model) -> (batch, heads, len, head_dim)
+        batch, length, _ = x.shape
+        return x.reshape(batch, length, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
+
+    def merge_heads(self, x):  # (batch, heads, len, head_dim) -> (batch, len, d_model)
+        batch, _, length, _ = x.shape
+        return x.transpose(0, 2, 1, 3).reshape(batch, length, self.num_heads * self.head_dim)
+
+    def project_key_value(self, inputs_kv):
+        """Keys and values of a sequence, split into heads: computed once per source for cross-attention caching."""
+        return self.split_heads(self.key(inputs_kv)), self.split_heads(self.value(inputs_kv))
+
+    def __call__(self, inputs_q, inputs_kv=None, mask=None, *, key_value=None):
+        """Returns (output (batch, q_len, d_model), attention weights (batch, heads, q_len, k_len))."""
+        query = self.split_heads(self.query(inputs_q))
+        key, value = key_value if key_value is not None else self.project_key_value(inputs_kv)
+        heads, weights = scaled_dot_product_attention(query, key, value, mask, self.attention_dropout)
+        return self.out(self.merge_heads(heads)), weights
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Feed-forward, embeddings and positions (§3.3 - §3.5)
+# ---------------------------------------------------------------------------------------------------------------------
+
+ACTIVATIONS = {
+    "relu": jax.nn.relu,
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),  # BERT's exact erf GELU
+    "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),
+}
+
+
+class FeedForward(nnx.Module):
+    """§3.3, Eq. 2: FFN(x) = max(0, x W_1 + b_1) W_2 + b_2 (ReLU; GELU as an option)."""
+
+    def __init__(self, d_model, d_ff, *, activation="relu", dropout=0.0, dtype=None, param_dtype=jnp.float32, rngs):
+        kwargs = dict(dtype=dtype, param_dtype=param_dtype, kernel_init=LINEAR_INIT, rngs=rngs)
+        self.linear1 = nnx.Linear(d_model, d_ff, **kwargs)
+        self.linear2 = nnx.Linear(d_ff, d_model, **kwargs)
+        self.activation = activation
+        self.dropout = nnx.Dropout(dropout, rngs=rngs)
+
+    def __call__(self, x):  # (batch, len, d_model) -> (batch, len, d_model)
+        return self.linear2(self.dropout(ACTIVATIONS[self.activation](self.linear1(x))))
+
+
+@functools.lru_cache(maxsize=16)
+def sinusoidal_positions(length: int, d_model: int, layout: str = "interleaved") -> np.ndarray:
+    """§3.5: PE(pos, 2i) = sin(pos / 10000^(2i/d_model)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d_model)).
+
+    'interleaved' puts sin and cos of frequency i at features 2i and 2i+1 (the paper's formula); 'concatenated' puts
+    all sines first and all cosines second (tensor2tensor and Hugging Face Marian). Returns (length, d_model) fp32.
+    """
+    position = np.arange(length, dtype=np.float64)[:, None]  # (length, 1)
+    inv_freq = 1.0 / (10000.0 ** (np.arange(0, d_model, 2, dtype=np.float64) / d_model))  # (ceil(d_model/2),)
+    angles = position * inv_freq  # (length, ceil(d_model/2))
+    table = np.zeros((length, d_model), dtype=np.float64)
+    if layout == "interleaved":
+        table[:, 0::2] = np.sin(angles)
+        table[:, 1::2] = np.cos(angles[:, : d_model // 2])
+    else:
+        half = (d_model + 1) // 2
+        table[:, :half] = np.sin(angles)
+        table[:, half:] = np.cos(angles[:, : d_model // 2])
+    return table.astype(np.float32)
+
+
+def _layer_norm(config: ModelConfig, rngs):
+    return nnx.LayerNorm(
+        config.d_model, epsilon=config.layer_norm_eps, dtype=config.dtype, param_dtype=config.param_dtype, rngs=rngs
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Layers (§3.1)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class EncoderLayer(nnx.Module):
+    """§3.1: self-attention, then a feed-forward network; each wrapped in a residual connection and LayerNorm."""
+
+    def __init__(self, config: ModelConfig, *, rngs):
+        dtypes = dict(dtype=config.dtype, param_dtype=config.param_dtype)
+        self.self_attn = MultiHeadAttention(
+            config.d_model, config.num_heads, dropout=config.attention_dropout, use_bias=config.use_bias,
+            **dtypes, rngs=rngs,
+        )  # fmt: skip
+        self.self_attn_norm = _layer_norm(config, rngs)
+        self.feed_forward = FeedForward(
+            config.d_model, config.d_ff, activation=config.activation, dropout=config.ffn_dropout, **dtypes, rngs=rngs
+        )
+        self.feed_forward_norm = _layer_norm(config, rngs)
+        self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
+        self.pre_norm = config.norm_position == "pre"
+
+    def residual(self, x, sublayer, norm):
+        """§3.1 + §5.4: post-norm LayerNorm(x + Dropout(Sublayer(x)));
+        pre-norm x + Dropout(Sublayer(LayerNorm(x)))."""
+        if self.pre_norm:
+            return x + self.dropout(sublayer(norm(x)))
+        return norm(x + self.dropout(sublayer(x)))
+
+    def __call__(self, x, mask):  # x: (batch, src_len, d_model); mask: (batch, 1, 1, src_len)
+        x = self.residual(x, lambda h: self.self_attn(h, h, mask)[0], self.self_attn_norm)
+        return self.residual(x, self.feed_forward, self.feed_forward_norm)
+
+
+class DecoderLayer(EncoderLayer):
+    """§3.1: masked self-attention, attention over the encoder output, then a feed-forward network."""
+
+    def __init__(self, config: ModelConfig, *, rngs):
+        super().__init__(config, rngs=rngs)
+        self.cross_attn = MultiHeadAttention(
+            config.d_model, config.num_heads, dropout=config.attention_dropout, use_bias=config.use_bias,
+            dtype=config.dtype, param_dtype=config.param_dtype, rngs=rngs,
+        )  # fmt: skip
+        self.cross_attn_norm = _layer_norm(config, rngs)
+
+    def __call__(self, x, memory, self_mask, cross_mask, *, cross_key_value=None):
+        """x: (batch, tgt_len, d_model); memory: (batch, src_len, d_model); self_mask: (batch|1, 1, tgt_len, tgt_len);
+        cross_mask: (batch, 1, 1, src_len). `cross_key_value` replaces `memory` with precomputed heads."""
+        x = self.residual(x, lambda h: self.self_attn(h, h, self_mask)[0], self.self_attn_norm)
+        x = self.residual(
+            x, lambda h: self.cross_attn(h, memory, cross_mask, key_value=cross_key_value)[0], self.cross_attn_norm
+        )
+        return self.residual(x, self.feed_forward, self.feed_forward_norm)
+
+    def step(self, x, cache, index, cross_key_value, cross_mask):
+        """Incremental decoding of the token at position `index`: x (batch, 1, d_model). `cache` holds this layer's
+        self-attention keys/values {'key', 'value'}: (batch, heads, max_len, head_dim), filled below `index`.
+        Returns (output (batch, 1, d_model), the cache with position `index` written)."""
+        new_cache = {}
+
+        def cached_self_attention(h):
+            key, value = self.self_attn.project_key_value(h)  # (batch, heads, 1, head_dim)
+            for name, new in (("key", key), ("value", value)):
+                new_cache[name] = jax.lax.dynamic_update_slice_in_dim(
+                    cache[name], new.astype(cache[name].dtype), index, axis=2
+                )
+            visible = (jnp.arange(cache["key"].shape[2]) <= index)[None, None, None, :]  # (1, 1, 1, max_len)
+            return self.self_attn(h, mask=visible, key_value=(new_cache["key"], new_cache["value"]))[0]
+
+        x = self.residual(x, cached_self_attention, self.self_attn_norm)
+        x = self.residual(
+            x, lambda h: self.cross_attn(h, mask=cross_mask, key_value=cross_key_value)[0], self.cross_attn_norm
+        )
+        return self.residual(x, self.feed_forward, self.feed_forward_norm), new_cache
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Stacks (§3.1) and the encoder-decoder
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class Encoder(nnx.Module):
+    """Positions + dropout on the (scaled) token embeddings, then N encoder layers (plus a final LayerNorm when
+    pre-norm, since pre-norm layers leave their output unnormalised)."""
+
+    def __init__(self, config: ModelConfig, layer_cls=EncoderLayer, num_layers=None, *, rngs):
+        self.config = config
+        if config.positional == "learned":
+            self.position_embedding = nnx.Embed(
+                config.max_len, config.d_model, dtype=config.dtype, param_dtype=config.param_dtype,
+                embedding_init=embedding_init(config.d_model), rngs=rngs,
+            )  # fmt: skip
+        self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
+        num_layers = config.num_encoder_layers if num_layers is None else num_layers
+        self.layers = nnx.List([layer_cls(config, rngs=rngs) for _ in range(num_layers)])
+        self.final_norm = _layer_norm(config, rngs) if config.norm_position == "pre" else None
+
+    def embed_positions(self, x, offset=0):
+        """§3.5: add positional encodings for positions offset .. offset+len-1, then dropout (§5.4)."""
+        length = x.shape[1]
+        if length > self.config.max_len:
+            raise ValueError(f"sequence length {length} exceeds model.max_len={self.config.max_len}")
+        if self.config.positional == "learned":
+            positions = self.position_embedding(offset + jnp.arange(length))
+        else:
+            table = sinusoidal_positions(self.config.max_len, self.config.d_model, self.config.sinusoidal_layout)
+            positions = jax.lax.dynamic_slice_in_dim(jnp.asarray(table), offset, length, axis=0)
+        return self.dropout(x + positions.astype(x.dtype)[None])
+
+    def __call__(self, x, mask):  # (batch, src_len, d_model) token embeddings -> (batch, src_len, d_model)
+        x = self.embed_positions(x)
+        for layer in self.layers:
+            x = layer(x, mask)
+        return self.final_norm(x) if self.final_norm is not None else x
+
+
+class Decoder(Encoder):
+    """Positions + dropout, then N decoder layers (+ final LayerNorm when pre-norm)."""
+
+    def __init__(self, config: ModelConfig, *, rngs):
+        super().__init__(config, DecoderLayer, config.num_decoder_layers, rngs=rngs)
+
+    def __call__(self, x, memory, self_mask, cross_mask):  # -> (batch, tgt_len, d_model)
+        x = self.embed_positions(x)
+        for layer in self.layers:
+            x = layer(x, memory, self_mask, cross_mask)
+        return self.final_norm(x) if self.final_norm is not None else x
+
+    def step(self, x, caches, index, cross_key_values, cross_mask):
+        """One incremental step: x (batch, 1, d_model) token embedding at position `index` -> (batch, 1, d_model)."""
+        x = self.embed_positions(x, offset=index)
+        new_caches = []
+        for layer, cache, cross_key_value in zip(self.layers, caches, cross_key_values, strict=True):
+            x, cache = layer.step(x, cache, index, cross_key_value, cross_mask)
+            new_caches.append(cache)
+        return (self.final_norm(x) if self.final_norm is not None else x), new_caches
+
+
+class Transformer(nnx.Module):
+    """The encoder-decoder of §3 (Figure 1): encode(source) once, decode(target prefix) to next-token logits."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        embed = functools.partial(
+            nnx.Embed, features=config.d_model, dtype=config.dtype, param_dtype=config.param_dtype,
+            embedding_init=embedding_init(config.d_model), rngs=rngs,
+        )  # fmt: skip
+        self.source_embedding = embed(config.vocab_size)
+        # §3.4: "we share the same weight matrix between the two embedding layers and the pre-softmax linear
+        # transformation"
+        self.target_embedding = None if config.share_embeddings else embed(config.tgt_vocab_size)
+        self.encoder = Encoder(config, rngs=rngs)
+        self.decoder = Decoder(config, rngs=rngs)
+        self.output_projection = None if config.tie_output else nnx.Linear(
+            config.d_model, config.tgt_vocab_size, use_bias=False, dtype=config.dtype,
+            param_dtype=config.param_dtype, kernel_init=LINEAR_INIT, rngs=rngs,
+        )  # fmt: skip
+
+    def target_token_embedding(self) -> nnx.Embed:
+        return self.target_embedding if self.target_embedding is not None else self.source_embedding
+
+    def embed(self, embedding: nnx.Embed, ids):
+        """§3.4: token embeddings, multiplied by sqrt(d_model). (batch, len) -> (batch, len, d_model)."""
+        x = embedding(ids)
+        if self.config.scale_embeddings:
+            x = x * jnp.asarray(math.sqrt(self.config.d_model), x.dtype)
+        return x
+
+    def encode(self, src_ids):
+        """(batch, src_len) ids -> encoder output (batch, src_len, d_model) and its mask (batch, 1, 1, src_len)."""
+        src_mask = padding_mask(src_ids, self.config.pad_id)
+        return self.encoder(self.embed(self.source_embedding, src_ids), src_mask), src_mask
+
+    def logits(self, x):
+        """Pre-softmax projection (§3.4), in fp32 for a stable loss. (batch, len, d_model) -> (batch, len, vocab)."""
+        if self.output_projection is not None:
+            return self.output_projection(x).astype(jnp.float32)
+        return self.target_token_embedding().attend(x).astype(jnp.float32)
+
+    def decode(self, tgt_ids, memory, src_mask):
+        """(batch, tgt_len) target prefix ids (BOS first) -> next-token logits (batch, tgt_len, tgt_vocab)."""
+        tgt_len = tgt_ids.shape[1]
+        self_mask = causal_mask(tgt_len) & padding_mask(tgt_ids, self.config.pad_id)  # (batch, 1, tgt_len, tgt_len)
+        x = self.decoder(self.embed(self.target_token_embedding(), tgt_ids), memory, self_mask, src_mask)
+        return self.logits(x)
+
+    # Incremental decoding with a key/value cache: the encoder runs once, cross-attention keys/values are projected
+    # once per source, and each step feeds one token while its self-attention keys/values are appended to the cache.
+
+    def init_cache(self, batch: int, max_len: int) -> list[dict]:
+        """Empty self-attention caches, one {'key', 'value'} of (batch, heads, max_len, head_dim) per decoder layer."""
+        shape = (batch, self.config.num_heads, max_len, self.config.head_dim)
+        zeros = lambda: jnp.zeros(shape, self.config.dtype)
+        return [{"key": zeros(), "value": zeros()} for _ in self.decoder.layers]
+
+    def cross_key_values(self, memory) -> list[tuple]:
+        """Each decoder layer's cross-attention keys/values of the encoder output, computed once per source."""
+        return [layer.cross_attn.project_key_value(memory) for layer in self.decoder.layers]
+
+    def decode_step(self, token_ids, index, cache, cross_key_values, src_mask):
+        """Next-token logits for the tokens at position `index`: (batch,) ids -> ((batch, tgt_vocab), new cache)."""
+        x = self.embed(self.target_token_embedding(), token_ids[:, None])  # (batch, 1, d_model)
+        x, cache = self.decoder.step(x, cache, index, cross_key_values, src_mask)
+        return self.logits(x)[:, 0], cache
+
+    def __call__(self, src_ids, tgt_ids):
+        """Teacher-forced logits: (batch, src_len), (batch, tgt_len) -> (batch, tgt_len, tgt_vocab)."""
+        memory, src_mask = self.encode(src_ids)
+        return self.decode(tgt_ids, memory, src_mask)
+
+
+def count_parameters(model: nnx.Module) -> int:
+    return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))

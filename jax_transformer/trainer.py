@@ -1,0 +1,241 @@
+"""The translation training loop: data -> tokenizer -> batches -> compiled steps -> logs, evaluation, checkpoints.
+
+`train(config)` starts a run in `config.directory` or resumes the one there: same command, same result. A run
+directory holds `config.json` (the resolved config), `spm.model`, `checkpoints/STEP/`, `metrics.jsonl` and
+TensorBoard events.
+"""
+
+import dataclasses
+import math
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+from flax import nnx
+from tqdm import tqdm
+
+from . import data as data_lib
+from .checkpoint import Checkpointer
+from .config import Config, UserError
+from .metrics import bleu
+from .model import Transformer
+from .run_log import RunLog
+from .train_lib import Steps, sum_metrics
+
+
+class TrainingInterrupted(Exception):
+    """Raised by tests to simulate a crash (no final checkpoint) at a given step."""
+
+
+def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _diff(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
+
+
+def prepare_run_dir(config: Config) -> bool:
+    """Create the run directory, or check that the run already in it was made by a compatible config.
+    Returns True when resuming. The model and data sections must match; train/decode settings may change."""
+    path = os.path.join(config.directory, "config.json")
+    if not os.path.exists(path):
+        os.makedirs(config.directory, exist_ok=True)
+        return False
+    old = Config.load(path)
+    clash = _diff({"model": old.model.__dict__, "data": old.data.__dict__, "seed": old.seed},
+                  {"model": config.model.__dict__, "data": config.data.__dict__, "seed": config.seed})  # fmt: skip
+    if clash:
+        raise UserError(
+            f"{config.directory} holds a run with a different config ({clash[0]}"
+            f"{f' and {len(clash) - 1} more' if len(clash) > 1 else ''}); "
+            "fix: pick another --config.name (or --config.run_dir), or delete that directory to start over"
+        )
+    return True
+
+
+def _say(message: str) -> None:
+    tqdm.write(message, file=sys.stderr)
+
+
+class TranslationData:
+    """The run's tokenizer, training batches and evaluation sets."""
+
+    def __init__(self, config: Config):
+        cfg = config.data
+        started = time.time()
+        train_pairs = data_lib.load_split(cfg, cfg.train_split)
+        self.tokenizer = data_lib.get_tokenizer(cfg, config.directory, train_pairs)
+        examples, dropped = data_lib.encode_pairs(train_pairs, self.tokenizer, cfg.max_len)
+        self.batches = data_lib.BatchIterator(
+            examples,
+            cfg.max_tokens,
+            cfg.length_bucket_step,
+            seed=config.seed,
+            min_bucket_batches=cfg.min_bucket_batches,
+        )
+        valid_pairs = data_lib.load_split(cfg, cfg.valid_split)
+        self.valid_examples, _ = data_lib.encode_pairs(valid_pairs, self.tokenizer, None)
+        self.valid_references = [target for _, target in valid_pairs]
+        stats = self.batches.stats()
+        _say(
+            f"data: {len(train_pairs):,} training pairs ({dropped:,} longer than data.max_len={cfg.max_len} dropped), "
+            f"{len(valid_pairs):,} validation pairs; vocabulary {self.tokenizer.vocab_size:,}; "
+            f"{stats['batches_per_epoch']:,} batches/epoch in {stats['shapes']} shapes, "
+            f"{stats['padding_efficiency']:.1%} real tokens; prepared in {time.time() - started:.1f}s"
+        )
+        self.dropped = dropped
+
+
+def resolve_config(config: Config, tokenizer) -> Config:
+    """The model's vocabulary and padding id come from the tokenizer."""
+    target_vocab_size = 0 if config.model.share_embeddings else tokenizer.vocab_size
+    model = dataclasses.replace(
+        config.model, vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id, target_vocab_size=target_vocab_size
+    )
+    return dataclasses.replace(config, model=model)
+
+
+def _eval_batches(examples, max_tokens: int, config: Config):
+    """Evaluation batches in a few shapes (each shape compiles once), with the rows' original indices."""
+    cfg = config.data
+    return data_lib.eval_batches(examples, max_tokens, cfg.length_bucket_step, cfg.min_bucket_batches)
+
+
+def evaluate_loss(steps: Steps, params, examples, config: Config) -> dict:
+    sums = [steps.eval_step(params, batch) for batch, _ in _eval_batches(examples, config.data.max_tokens, config)]
+    total = sum_metrics(sums)
+    tokens = max(total["tokens"], 1.0)
+    return {
+        "loss": total["loss"] / tokens,
+        "nll": total["nll"] / tokens,
+        "ppl": math.exp(min(total["nll"] / tokens, 50)),
+    }
+
+
+def translate_examples(steps: Steps, params, examples, tokenizer, config: Config) -> list[str]:
+    """Greedy translations of encoded source examples, in input order."""
+    outputs = [""] * len(examples)
+    for batch, indices in _eval_batches(examples, config.decode.max_tokens, config):
+        src = batch["src"]
+        max_len = min(src.shape[1] + config.decode.max_extra_len, config.model.max_len)
+        tokens = np.asarray(
+            steps.greedy(params, src, max_len=max_len, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id)
+        )
+        for row, text in zip(indices, tokenizer.decode(tokens.tolist()), strict=True):
+            if row >= 0:
+                outputs[row] = text
+    return outputs
+
+
+def train(config: Config, *, crash_at_step: int | None = None) -> dict:
+    """Train (or resume) the run described by `config`; returns the final metrics."""
+    os.makedirs(config.directory, exist_ok=True)
+    data = TranslationData(config)  # reuses the run's spm.model when there is one: nothing is overwritten
+    config = resolve_config(config, data.tokenizer)
+    resuming = prepare_run_dir(config)  # refuses a run directory made by an incompatible config
+    if not resuming:
+        config.save(os.path.join(config.directory, "config.json"))
+    tcfg = config.train
+
+    model = Transformer(config.model, rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1))
+    steps = Steps(config, model)
+    state = steps.init_state(nnx.state(model, nnx.Param))
+    del model
+    checkpoints = Checkpointer(os.path.join(config.directory, "checkpoints"), tcfg.keep_checkpoints, tcfg.keep_best)
+    start = checkpoints.latest_step()
+    if start is not None:
+        state, meta = checkpoints.restore(start, state)
+        data.batches.restore(meta["data"])
+        _say(f"resuming {config.directory} from step {start}")
+    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state["params"]))
+    _say(f"model: {num_params:,} parameters; training to step {tcfg.steps:,}; run directory {config.directory}")
+
+    log = RunLog(config.directory)
+    step = int(state["step"])
+    batch_iter = iter(data.batches)
+    pending, real_tokens, window_start = [], 0, time.time()
+    last = {}
+    progress = tqdm(total=tcfg.steps, initial=step, unit="step", dynamic_ncols=True, disable=None)
+
+    def save(evaluated=None):
+        ranked = evaluated and tcfg.keep_best and tcfg.best_metric in evaluated  # orbax ranks by this to keep the best
+        meta = {"data": data.batches.state(), "step": step, "metrics": evaluated or {}}
+        checkpoints.save(step, state, meta, metrics={tcfg.best_metric: evaluated[tcfg.best_metric]} if ranked else None)
+
+    try:
+        while step < tcfg.steps:
+            if tcfg.grad_accum_steps == 1:
+                batch = next(batch_iter)
+                real_tokens += int((batch["src"] != 0).sum() + (batch["tgt_out"] != 0).sum())
+                state, metrics = steps.train_step(state, batch)
+            else:
+                acc = steps.zero_accumulator(state["params"])
+                for micro in range(tcfg.grad_accum_steps):
+                    batch = next(batch_iter)
+                    real_tokens += int((batch["src"] != 0).sum() + (batch["tgt_out"] != 0).sum())
+                    acc = steps.accumulate(acc, state["params"], batch, state["step"], micro)
+                state, metrics = steps.apply_accumulated(state, acc)
+            step += 1
+            pending.append(metrics)
+            progress.update(1)
+            if crash_at_step is not None and step == crash_at_step:
+                raise TrainingInterrupted(step)
+
+            if step % tcfg.log_every == 0 or step == tcfg.steps:
+                bad_step = int(state["nonfinite_step"])
+                if bad_step >= 0:
+                    raise UserError(
+                        f"non-finite loss or gradient at step {bad_step} (that update was skipped, training stopped); "
+                        "fix: lower train.learning_rate, set train.clip_grad_norm, or use model.dtype=float32"
+                    )
+                total = sum_metrics(pending)
+                elapsed = time.time() - window_start
+                tokens = max(total["tokens"], 1.0)
+                last = {
+                    "loss": total["loss"] / tokens, "nll": total["nll"] / tokens,
+                    "lr": float(metrics["lr"]), "grad_norm": float(metrics["grad_norm"]),
+                    "tokens_per_s": real_tokens / max(elapsed, 1e-9), "epoch": data.batches.epoch,
+                }  # fmt: skip
+                log.write("train", step, last)
+                progress.set_postfix(
+                    loss=f"{last['loss']:.3f}", lr=f"{last['lr']:.2e}", tok_s=f"{last['tokens_per_s']:.0f}"
+                )
+                if progress.disable:  # no terminal: one line per log step instead of a bar
+                    _say(f"step {step}: loss {last['loss']:.4f} lr {last['lr']:.3e} {last['tokens_per_s']:,.0f} tok/s")
+                pending, real_tokens, window_start = [], 0, time.time()
+
+            evaluated = None
+            if tcfg.eval_every and (step % tcfg.eval_every == 0 or step == tcfg.steps):
+                evaluated = evaluate(config, steps, state["params"], data, step, log)
+            if evaluated is not None or step % tcfg.save_every == 0 or step == tcfg.steps:
+                save(evaluated)
+    except KeyboardInterrupt:
+        progress.close()
+        save()
+        raise UserError(f"interrupted at step {step}: checkpoint saved; run the same command again to resume") from None
+    finally:
+        progress.close()
+        log.close()
+    checkpoints.close()
+    return {"step": step, **last, "parameters": num_params}
+
+
+def evaluate(config: Config, steps: Steps, params, data: TranslationData, step: int, log: RunLog) -> dict:
+    """Validation loss (every eval) and greedy BLEU (every `bleu_every` steps; 0: every eval)."""
+    tcfg = config.train
+    started = time.time()
+    result = evaluate_loss(steps, params, data.valid_examples, config)
+    if tcfg.best_metric == "bleu" and (tcfg.bleu_every == 0 or step % tcfg.bleu_every == 0 or step == tcfg.steps):
+        n = tcfg.bleu_max_sentences or len(data.valid_examples)
+        hypotheses = translate_examples(steps, params, data.valid_examples[:n], data.tokenizer, config)
+        result["bleu"] = bleu(hypotheses, data.valid_references[:n])[0].score
+    log.write("valid", step, result)
+    shown = ", ".join(f"{k} {v:.3f}" for k, v in result.items())
+    _say(f"step {step} validation: {shown} ({time.time() - started:.1f}s)")
+    return result

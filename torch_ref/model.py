@@ -1,0 +1,307 @@
+"""The PyTorch mirror of `jax_transformer/model.py`.
+
+Same classes, same attribute names in the same order, same equations, so the two files can be read side by side
+and weights convert by name (`jax_transformer/convert.py`). Only the leaf names differ, as each framework spells
+them: Flax `kernel` (in, out) is torch `weight` (out, in); Flax LayerNorm `scale` and Embed `embedding` are `weight`.
+
+`config` is any object with the fields of `jax_transformer.config.ModelConfig` (that dataclass itself, or the
+`model` section of an exported `config.json` loaded with `load_config`); this package never imports JAX.
+"""
+
+import json
+import math
+import types
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def load_config(path_or_dict) -> types.SimpleNamespace:
+    """A model config from an exported `config.json` (its `model` section) or a plain dict."""
+    data = path_or_dict
+    if isinstance(path_or_dict, str):
+        with open(path_or_dict, encoding="utf-8") as f:
+            data = json.load(f)
+    return types.SimpleNamespace(**data.get("model", data))
+
+
+def target_vocab_size(config) -> int:
+    return config.target_vocab_size or config.vocab_size
+
+
+def _dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Masks
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def padding_mask(ids: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """True where a key position holds a real token. (batch, len) -> (batch, 1, 1, len)."""
+    return (ids != pad_id)[:, None, None, :]
+
+
+def causal_mask(length: int, device=None) -> torch.Tensor:
+    """§3.2.3: position i may attend to positions <= i only. -> (1, 1, length, length)."""
+    return torch.tril(torch.ones(length, length, dtype=torch.bool, device=device))[None, None]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Attention (§3.2)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def scaled_dot_product_attention(query, key, value, mask=None, dropout=None):
+    """§3.2.1, Eq. 1: Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V. Same contract as the JAX function."""
+    d_k = query.shape[-1]
+    query = query / math.sqrt(d_k)
+    scores = torch.einsum("bhqd,bhkd->bhqk", query, key).float()  # (batch, heads, q_len, k_len), fp32 softmax
+    if mask is not None:
+        scores = scores.masked_fill(~mask, torch.finfo(torch.float32).min)
+    weights = torch.softmax(scores, dim=-1)
+    if mask is not None:  # a fully masked row would be uniform over masked keys: zero it
+        weights = weights.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
+    weights = weights.to(value.dtype)
+    if dropout is not None:
+        weights = dropout(weights)
+    output = torch.einsum("bhqk,bhkd->bhqd", weights, value)  # (batch, heads, q_len, d_k)
+    return output, weights
+
+
+class MultiHeadAttention(nn.Module):
+    """§3.2.2: MultiHead(Q, K, V) = Concat(head_1..head_h) W^O, head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V)."""
+
+    def __init__(self, d_model, num_heads, *, dropout=0.0, use_bias=True):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = d_model // num_heads
+        self.query = nn.Linear(d_model, d_model, bias=use_bias)
+        self.key = nn.Linear(d_model, d_model, bias=use_bias)
+        self.value = nn.Linear(d_model, d_model, bias=use_bias)
+        self.out = nn.Linear(d_model, d_model, bias=use_bias)
+        self.attention_dropout = nn.Dropout(dropout)
+
+    def split_heads(self, x):  # (batch, len, d_model) -> (batch, heads, len, head_dim)
+        batch, length, _ = x.shape
+        return x.reshape(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def merge_heads(self, x):  # (batch, heads, len, head_dim) -> (batch, len, d_model)
+        batch, _, length, _ = x.shape
+        return x.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
+
+    def project_key_value(self, inputs_kv):
+        return self.split_heads(self.key(inputs_kv)), self.split_heads(self.value(inputs_kv))
+
+    def forward(self, inputs_q, inputs_kv=None, mask=None, *, key_value=None):
+        """Returns (output (batch, q_len, d_model), attention weights (batch, heads, q_len, k_len))."""
+        query = self.split_heads(self.query(inputs_q))
+        key, value = key_value if key_value is not None else self.project_key_value(inputs_kv)
+        heads, weights = scaled_dot_product_attention(query, key, value, mask, self.attention_dropout)
+        return self.out(self.merge_heads(heads)), weights
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Feed-forward, embeddings and positions (§3.3 - §3.5)
+# ---------------------------------------------------------------------------------------------------------------------
+
+ACTIVATIONS = {
+    "relu": F.relu,
+    "gelu": lambda x: F.gelu(x, approximate="none"),
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+}
+
+
+class FeedForward(nn.Module):
+    """§3.3, Eq. 2: FFN(x) = max(0, x W_1 + b_1) W_2 + b_2 (ReLU; GELU as an option)."""
+
+    def __init__(self, d_model, d_ff, *, activation="relu", dropout=0.0):
+        super().__init__()
+        self.linear1 = nn.Linear(d_model, d_ff)
+        self.linear2 = nn.Linear(d_ff, d_model)
+        self.activation = activation
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):  # (batch, len, d_model) -> (batch, len, d_model)
+        return self.linear2(self.dropout(ACTIVATIONS[self.activation](self.linear1(x))))
+
+
+def sinusoidal_positions(length: int, d_model: int, layout: str = "interleaved") -> np.ndarray:
+    """§3.5: PE(pos, 2i) = sin(pos / 10000^(2i/d_model)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d_model))."""
+    position = np.arange(length, dtype=np.float64)[:, None]  # (length, 1)
+    inv_freq = 1.0 / (10000.0 ** (np.arange(0, d_model, 2, dtype=np.float64) / d_model))
+    angles = position * inv_freq  # (length, ceil(d_model/2))
+    table = np.zeros((length, d_model), dtype=np.float64)
+    if layout == "interleaved":
+        table[:, 0::2] = np.sin(angles)
+        table[:, 1::2] = np.cos(angles[:, : d_model // 2])
+    else:
+        half = (d_model + 1) // 2
+        table[:, :half] = np.sin(angles)
+        table[:, half:] = np.cos(angles[:, : d_model // 2])
+    return table.astype(np.float32)
+
+
+def _layer_norm(config):
+    return nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Layers (§3.1)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class EncoderLayer(nn.Module):
+    """§3.1: self-attention, then a feed-forward network; each wrapped in a residual connection and LayerNorm."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.self_attn = MultiHeadAttention(
+            config.d_model, config.num_heads, dropout=config.attention_dropout, use_bias=config.use_bias
+        )
+        self.self_attn_norm = _layer_norm(config)
+        self.feed_forward = FeedForward(
+            config.d_model, config.d_ff, activation=config.activation, dropout=config.ffn_dropout
+        )
+        self.feed_forward_norm = _layer_norm(config)
+        self.dropout = nn.Dropout(config.dropout)
+        self.pre_norm = config.norm_position == "pre"
+
+    def residual(self, x, sublayer, norm):
+        """§3.1 + §5.4: post-norm LayerNorm(x + Dropout(Sublayer(x)));
+        pre-norm x + Dropout(Sublayer(LayerNorm(x)))."""
+        if self.pre_norm:
+            return x + self.dropout(sublayer(norm(x)))
+        return norm(x + self.dropout(sublayer(x)))
+
+    def forward(self, x, mask):  # x: (batch, src_len, d_model); mask: (batch, 1, 1, src_len)
+        x = self.residual(x, lambda h: self.self_attn(h, h, mask)[0], self.self_attn_norm)
+        return self.residual(x, self.feed_forward, self.feed_forward_norm)
+
+
+class DecoderLayer(EncoderLayer):
+    """§3.1: masked self-attention, attention over the encoder output, then a feed-forward network."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.cross_attn = MultiHeadAttention(
+            config.d_model, config.num_heads, dropout=config.attention_dropout, use_bias=config.use_bias
+        )
+        self.cross_attn_norm = _layer_norm(config)
+
+    def forward(self, x, memory, self_mask, cross_mask, *, cross_key_value=None):
+        x = self.residual(x, lambda h: self.self_attn(h, h, self_mask)[0], self.self_attn_norm)
+        x = self.residual(
+            x, lambda h: self.cross_attn(h, memory, cross_mask, key_value=cross_key_value)[0], self.cross_attn_norm
+        )
+        return self.residual(x, self.feed_forward, self.feed_forward_norm)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Stacks (§3.1) and the encoder-decoder
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class Encoder(nn.Module):
+    """Positions + dropout on the (scaled) token embeddings, then N encoder layers (+ final LayerNorm when pre-norm)."""
+
+    def __init__(self, config, layer_cls=EncoderLayer, num_layers=None):
+        super().__init__()
+        self.config = config
+        if config.positional == "learned":
+            self.position_embedding = nn.Embedding(config.max_len, config.d_model)
+        else:
+            table = sinusoidal_positions(config.max_len, config.d_model, config.sinusoidal_layout)
+            self.register_buffer("sinusoid_table", torch.from_numpy(table), persistent=False)
+        self.dropout = nn.Dropout(config.dropout)
+        num_layers = config.num_encoder_layers if num_layers is None else num_layers
+        self.layers = nn.ModuleList([layer_cls(config) for _ in range(num_layers)])
+        self.final_norm = _layer_norm(config) if config.norm_position == "pre" else None
+
+    def embed_positions(self, x, offset=0):
+        """§3.5: add positional encodings for positions offset .. offset+len-1, then dropout (§5.4)."""
+        length = x.shape[1]
+        if length > self.config.max_len:
+            raise ValueError(f"sequence length {length} exceeds model.max_len={self.config.max_len}")
+        if self.config.positional == "learned":
+            positions = self.position_embedding(offset + torch.arange(length, device=x.device))
+        else:
+            positions = self.sinusoid_table[offset : offset + length]
+        return self.dropout(x + positions.to(x.dtype)[None])
+
+    def forward(self, x, mask):  # (batch, src_len, d_model) token embeddings -> (batch, src_len, d_model)
+        x = self.embed_positions(x)
+        for layer in self.layers:
+            x = layer(x, mask)
+        return self.final_norm(x) if self.final_norm is not None else x
+
+
+class Decoder(Encoder):
+    """Positions + dropout, then N decoder layers (+ final LayerNorm when pre-norm)."""
+
+    def __init__(self, config):
+        super().__init__(config, DecoderLayer, config.num_decoder_layers)
+
+    def forward(self, x, memory, self_mask, cross_mask):  # -> (batch, tgt_len, d_model)
+        x = self.embed_positions(x)
+        for layer in self.layers:
+            x = layer(x, memory, self_mask, cross_mask)
+        return self.final_norm(x) if self.final_norm is not None else x
+
+
+class Transformer(nn.Module):
+    """The encoder-decoder of §3 (Figure 1): encode(source) once, decode(target prefix) to next-token logits."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.source_embedding = nn.Embedding(config.vocab_size, config.d_model)
+        self.target_embedding = (
+            None if config.share_embeddings else nn.Embedding(target_vocab_size(config), config.d_model)
+        )
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+        self.output_projection = None
+        if not config.tie_output:
+            self.output_projection = nn.Linear(config.d_model, target_vocab_size(config), bias=False)
+        self.to(_dtype(config.param_dtype))
+
+    def target_token_embedding(self) -> nn.Embedding:
+        return self.target_embedding if self.target_embedding is not None else self.source_embedding
+
+    def embed(self, embedding: nn.Embedding, ids):
+        """§3.4: token embeddings, multiplied by sqrt(d_model). (batch, len) -> (batch, len, d_model)."""
+        x = embedding(ids)
+        if self.config.scale_embeddings:
+            x = x * math.sqrt(self.config.d_model)
+        return x
+
+    def encode(self, src_ids):
+        """(batch, src_len) ids -> encoder output (batch, src_len, d_model) and its mask (batch, 1, 1, src_len)."""
+        src_mask = padding_mask(src_ids, self.config.pad_id)
+        return self.encoder(self.embed(self.source_embedding, src_ids), src_mask), src_mask
+
+    def logits(self, x):
+        """Pre-softmax projection (§3.4), returned in fp32. (batch, len, d_model) -> (batch, len, vocab)."""
+        if self.output_projection is not None:
+            return self.output_projection(x).float()
+        return (x @ self.target_token_embedding().weight.to(x.dtype).T).float()
+
+    def decode(self, tgt_ids, memory, src_mask):
+        """(batch, tgt_len) target prefix ids (BOS first) -> next-token logits (batch, tgt_len, tgt_vocab)."""
+        tgt_len = tgt_ids.shape[1]
+        self_mask = causal_mask(tgt_len, tgt_ids.device) & padding_mask(tgt_ids, self.config.pad_id)
+        x = self.decoder(self.embed(self.target_token_embedding(), tgt_ids), memory, self_mask, src_mask)
+        return self.logits(x)
+
+    def forward(self, src_ids, tgt_ids):
+        """Teacher-forced logits: (batch, src_len), (batch, tgt_len) -> (batch, tgt_len, tgt_vocab)."""
+        memory, src_mask = self.encode(src_ids)
+        return self.decode(tgt_ids, memory, src_mask)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
