@@ -70,6 +70,10 @@ class Checkpointer:
             ) from None
         return restored["state"], restored["meta"]
 
+    def restore_arrays(self, step: int):
+        """Checkpoint `step`'s state as plain nested dicts of arrays, without a target structure (for inspection)."""
+        return self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+
     def restore_meta(self, step: int) -> dict:
         return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 

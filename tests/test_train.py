@@ -1,0 +1,272 @@
+"""Training: loss, schedules, overfitting, a short real run, exact resume, refusals of bad runs and inputs."""
+
+import dataclasses
+import gzip
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jax_transformer.checkpoint import Checkpointer
+from jax_transformer.config import Config, DataConfig, TrainConfig, UserError, model_preset
+from jax_transformer.model import Transformer
+from jax_transformer.train_lib import Steps, label_smoothed_cross_entropy, learning_rate_schedule
+from jax_transformer.trainer import TrainingInterrupted, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MULTI30K = os.path.join(ROOT, "data", "multi30k")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Loss and schedules
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.3])
+def test_label_smoothed_loss_equals_reference(smoothing):
+    rng = np.random.default_rng(0)
+    vocab, pad = 11, 0
+    logits = rng.normal(size=(3, 5, vocab)).astype(np.float32)
+    targets = rng.integers(1, vocab, size=(3, 5))
+    targets[0, 3:] = pad
+    targets[2, 1:] = pad
+    loss, nll, tokens = label_smoothed_cross_entropy(jnp.asarray(logits), jnp.asarray(targets), pad, smoothing)
+
+    log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    ref_loss = ref_nll = 0.0
+    for b in range(3):
+        for t in range(5):
+            if targets[b, t] == pad:
+                continue
+            q = np.full(vocab, smoothing / (vocab - 1))
+            q[targets[b, t]] = 1 - smoothing
+            ref_loss += np.sum(np.where(q > 0, q * (np.log(np.where(q > 0, q, 1)) - log_p[b, t]), 0))  # KL(q || p)
+            ref_nll += -log_p[b, t, targets[b, t]]
+    assert float(tokens) == np.sum(targets != pad)
+    np.testing.assert_allclose(float(loss), ref_loss, rtol=1e-5)
+    np.testing.assert_allclose(float(nll), ref_nll, rtol=1e-5)
+
+
+def test_noam_schedule_equals_formula():
+    cfg = TrainConfig(schedule="noam", learning_rate=2.0, warmup_steps=400)
+    schedule = learning_rate_schedule(cfg, d_model=512)
+    for step in (1, 10, 399, 400, 401, 4000, 100_000):
+        expected = 2.0 * 512**-0.5 * min(step**-0.5, step * 400**-1.5)  # §5.3, Eq. 3
+        np.testing.assert_allclose(float(schedule(step - 1)), expected, rtol=1e-6)
+
+
+def test_inverse_sqrt_and_cosine_schedules():
+    inv = learning_rate_schedule(TrainConfig(schedule="inverse_sqrt", learning_rate=5e-3, warmup_steps=100), 128)
+    np.testing.assert_allclose(float(inv(49)), 5e-3 * 50 / 100, rtol=1e-6)  # warming up
+    np.testing.assert_allclose(float(inv(99)), 5e-3, rtol=1e-6)  # peak at the end of warmup
+    np.testing.assert_allclose(float(inv(399)), 5e-3 * (100 / 400) ** 0.5, rtol=1e-6)
+    cos = learning_rate_schedule(
+        TrainConfig(schedule="cosine", learning_rate=1e-3, warmup_steps=10, steps=110, end_learning_rate=1e-5), 128
+    )
+    np.testing.assert_allclose(float(cos(10)), 1e-3, rtol=1e-6)
+    np.testing.assert_allclose(float(cos(110)), 1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The compiled steps
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _steps(train_cfg: TrainConfig, **model_overrides):
+    config = Config(model=model_preset("test", vocab_size=16, **model_overrides), train=train_cfg)
+    model = Transformer(config.model, rngs=nnx.Rngs(params=0, dropout=1))
+    steps = Steps(config, model)
+    return steps, steps.init_state(nnx.state(model, nnx.Param))
+
+
+def test_tiny_model_overfits_a_copy_task():
+    rng = np.random.default_rng(0)
+    seqs = rng.integers(4, 16, size=(32, 8)).astype(np.int32)  # 32 sequences of 8 tokens, ids 4..15
+    eos, bos = 3, 2
+    batch = {
+        "src": np.concatenate([seqs, np.full((32, 1), eos, np.int32)], 1),
+        "tgt_in": np.concatenate([np.full((32, 1), bos, np.int32), seqs], 1),
+        "tgt_out": np.concatenate([seqs, np.full((32, 1), eos, np.int32)], 1),
+    }
+    steps, state = _steps(
+        TrainConfig(schedule="constant", learning_rate=3e-3, warmup_steps=20, label_smoothing=0.0, clip_grad_norm=1.0)
+    )
+    for _ in range(400):
+        state, metrics = steps.train_step(state, batch)
+    logits = steps.eval_model(state["params"])(batch["src"], batch["tgt_in"])
+    accuracy = float(jnp.mean(jnp.argmax(logits, -1) == batch["tgt_out"]))
+    assert accuracy >= 0.99, accuracy
+    out = steps.greedy(state["params"], batch["src"], max_len=10, bos_id=bos, eos_id=eos)
+    assert np.mean(np.asarray(out)[:, :9] == batch["tgt_out"]) >= 0.99
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+    rng = np.random.default_rng(1)
+    make = lambda n: {
+        "src": rng.integers(1, 16, size=(n, 6)).astype(np.int32),
+        "tgt_in": rng.integers(1, 16, size=(n, 5)).astype(np.int32),
+        "tgt_out": rng.integers(1, 16, size=(n, 5)).astype(np.int32),
+    }
+    a, b = make(4), make(4)
+    a["tgt_out"][0, 3:] = 0  # padding: token-weighted averaging must ignore it
+    both = {k: np.concatenate([a[k], b[k]]) for k in a}
+    # adam_eps=1 makes the first Adam update ~ lr * gradient: Adam's usual g / |g| would turn float rounding in
+    # near-zero gradients into sign flips, which says nothing about accumulation.
+    cfg = TrainConfig(schedule="constant", learning_rate=1.0, warmup_steps=0, adam_eps=1.0)
+    steps, state = _steps(cfg, dropout=0.0)
+    big, _ = steps.train_step(jax.tree.map(jnp.copy, state), both)
+    acc = steps.zero_accumulator(state["params"])
+    for micro, batch in enumerate((a, b)):
+        acc = steps.accumulate(acc, state["params"], batch, state["step"], micro)
+    accumulated, _ = steps.apply_accumulated(state, acc)
+    for x, y in zip(jax.tree.leaves(big["params"]), jax.tree.leaves(accumulated["params"]), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6)
+
+
+def test_non_finite_update_is_skipped_and_reported():
+    steps, state = _steps(TrainConfig(schedule="constant", learning_rate=1e-3, warmup_steps=0))
+    kernel = state["params"]["encoder"]["layers"][0]["self_attn"]["query"]["kernel"]
+    kernel.set_value(kernel.get_value().at[0, 0].set(jnp.inf))
+    before = jax.tree.map(np.asarray, state["params"])
+    batch = {k: np.array([[5, 6, 3]], np.int32) for k in ("src", "tgt_in", "tgt_out")}
+    state, metrics = steps.train_step(state, batch)
+    assert int(state["nonfinite_step"]) == 1
+    for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(state["params"]), strict=True):
+        np.testing.assert_array_equal(x, np.asarray(y))  # the update was not applied
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Whole runs on a slice of Multi30k
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _write_slice(folder, n_train=600, n_valid=48):
+    os.makedirs(folder, exist_ok=True)
+    for split, n, name in (("train", n_train, "train"), ("val", n_valid, "val")):
+        for lang in ("en", "de"):
+            with gzip.open(os.path.join(MULTI30K, f"{name}.{lang}.gz"), "rt", encoding="utf-8") as f:
+                lines = [next(f) for _ in range(n)]
+            with open(os.path.join(folder, f"{split}.{lang}"), "w", encoding="utf-8") as f:
+                f.writelines(lines)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return _write_slice(tmp_path_factory.mktemp("multi30k_slice"))
+
+
+def _config(corpus, run_dir, **train):
+    data = DataConfig(path=corpus, vocab_size=250, max_len=40, max_tokens=400, length_bucket_step=16,
+                      min_bucket_batches=4, cache_dir=os.path.join(corpus, ".cache"))  # fmt: skip
+    train_cfg = dict(steps=12, schedule="inverse_sqrt", learning_rate=2e-3, warmup_steps=4, clip_grad_norm=1.0,
+                     log_every=4, eval_every=0, save_every=4, keep_checkpoints=3)  # fmt: skip
+    train_cfg.update(train)
+    return Config(name="t", run_dir=str(run_dir), model=model_preset("test", max_len=128), data=data,
+                  train=TrainConfig(**train_cfg))  # fmt: skip
+
+
+def test_short_run_lowers_validation_loss(corpus, tmp_path):
+    config = _config(corpus, tmp_path / "run", steps=60, eval_every=10, bleu_every=60, bleu_max_sentences=16)
+    train(config)
+    valid = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl") if '"valid"' in line]
+    assert [v["step"] for v in valid] == [10, 20, 30, 40, 50, 60]
+    assert valid[-1]["loss"] < valid[0]["loss"] - 0.3, valid
+    assert "bleu" in valid[-1]
+    saved = Config.load(str(tmp_path / "run" / "config.json"))
+    assert saved.model.vocab_size == saved.data.vocab_size or saved.model.vocab_size <= 250
+    assert os.path.exists(tmp_path / "run" / "spm.model")
+    assert any(name.startswith("events") for name in os.listdir(tmp_path / "run"))
+
+
+def test_resume_after_a_crash_equals_an_uninterrupted_run(corpus, tmp_path):
+    """Crash at step 10 (no final save; the last checkpoint is step 8), re-run: final state is bit-identical."""
+    straight = _config(corpus, tmp_path / "straight")
+    train(straight)
+    crashed = _config(corpus, tmp_path / "crashed")
+    with pytest.raises(TrainingInterrupted):
+        train(crashed, crash_at_step=10)
+    assert Checkpointer(str(tmp_path / "crashed" / "checkpoints"), read_only=True).latest_step() == 8
+    train(crashed)
+    a = Checkpointer(str(tmp_path / "straight" / "checkpoints"), read_only=True).restore_arrays(12)
+    b = Checkpointer(str(tmp_path / "crashed" / "checkpoints"), read_only=True).restore_arrays(12)
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(leaves_a) == len(leaves_b) > 10
+    for x, y in zip(leaves_a, leaves_b, strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))  # bitwise: XLA on CPU is deterministic
+
+
+def test_incompatible_run_directory_is_refused_and_kept(corpus, tmp_path):
+    config = _config(corpus, tmp_path / "run", steps=4)
+    train(config)
+    before = open(tmp_path / "run" / "config.json").read()
+    other = dataclasses.replace(config, model=dataclasses.replace(config.model, d_model=64))
+    with pytest.raises(UserError, match="different config .*model.d_model"):
+        train(other)
+    assert open(tmp_path / "run" / "config.json").read() == before
+    assert Checkpointer(str(tmp_path / "run" / "checkpoints"), read_only=True).all_steps() == [4]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The command line: one clear line and a non-zero exit for user errors
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _run_cli(*args, cwd=ROOT):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    return subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=300)  # fmt: skip
+
+
+def _bad_corpus(folder, case):
+    _write_slice(folder, n_train=40, n_valid=8)
+    if case == "missing":
+        os.remove(os.path.join(folder, "train.de"))
+    elif case == "mismatched":
+        with open(os.path.join(folder, "train.de"), "a", encoding="utf-8") as f:
+            f.write("eine Zeile zu viel\n")
+    elif case == "empty_line":
+        lines = open(os.path.join(folder, "train.en"), encoding="utf-8").readlines()
+        lines[5] = "\n"
+        open(os.path.join(folder, "train.en"), "w", encoding="utf-8").writelines(lines)
+    elif case == "invalid_utf8":
+        with open(os.path.join(folder, "train.en"), "r+b") as f:
+            f.seek(10)
+            f.write(b"\xff\xfe")
+
+
+@pytest.mark.parametrize(
+    "case,expected",
+    [("missing", "train.de"), ("mismatched", "line"), ("empty_line", "train.en:6"), ("invalid_utf8", "UTF-8")],
+)
+def test_bad_input_gives_one_line_and_exit_1(tmp_path, case, expected):
+    folder = str(tmp_path / "corpus")
+    _bad_corpus(folder, case)
+    result = _run_cli("--config", "configs/tiny.py", f"--config.data.path={folder}",
+                      f"--config.run_dir={tmp_path / 'run'}", f"--config.data.cache_dir={tmp_path / 'cache'}")  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and expected in errors[0], result.stderr
+
+
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        ("--config.model.d_mdoel=3", "unknown config key model.d_mdoel"),
+        ("--config.train.steps=ten", "train.steps must be of type int"),
+        ("--config.model.num_heads=5", "divisible"),
+        ("--config.model=3", "is a section"),
+    ],
+)
+def test_cli_override_errors(override, expected):
+    result = _run_cli("--config", "configs/tiny.py", override)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().startswith("error:") and expected in result.stderr, result.stderr
