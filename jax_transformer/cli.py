@@ -7,7 +7,11 @@ import sys
 def run_cli(fn) -> int:
     """Call `fn()`; print a `UserError` (bad files, flags, configs, checkpoints) as one line, no traceback."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from absl import logging as absl_logging
+
     from .config import UserError
+
+    absl_logging.set_verbosity(absl_logging.ERROR)  # orbax and TFDS log routine notices as warnings
 
     try:
         fn()

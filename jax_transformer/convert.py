@@ -6,6 +6,7 @@ Embed `embedding` -> `weight`, `bias` -> `bias`. Conversion is exact (a transpos
 missing, unused or mis-shaped parameter. Files are safetensors (no pickle), keyed by the torch names.
 """
 
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -42,6 +43,7 @@ def to_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
 def load_state_dict(model: nnx.Module, state_dict: dict, source: str = "state dict") -> None:
     """Copy a torch-named dict (numpy arrays or torch tensors) into `model` in place, exactly, checking every name."""
     remaining = dict(state_dict)
+    updates = []  # everything is checked before anything is written: a failed load leaves the model as it was
     for path, param in nnx.state(model, nnx.Param).flat_state():
         name = torch_name(path)
         if name not in remaining:
@@ -55,9 +57,11 @@ def load_state_dict(model: nnx.Module, state_dict: dict, source: str = "state di
             raise ConversionError(
                 f"{source}: parameter {name} has shape {tuple(value.shape)} but the model expects {tuple(expected)}"
             )
-        param.set_value(np.asarray(value, dtype=param.get_value().dtype))
+        updates.append((param, value))
     if remaining:
         raise ConversionError(f"{source} has parameters the model does not use: {', '.join(sorted(remaining)[:5])}")
+    for param, value in updates:  # jnp.array copies: the model never aliases the source's memory
+        param.set_value(jnp.array(value, dtype=param.get_value().dtype))
 
 
 def save_safetensors(model: nnx.Module, path: str, metadata: dict | None = None) -> None:

@@ -1,20 +1,36 @@
-"""Decoding over the key/value cache: greedy search (beam search: see `beam_search`).
+"""Decoding over the key/value cache: greedy search and batched beam search (§6.1: beam 4, length penalty 0.6).
 
 All functions take a `Transformer` in eval mode and run under `jax.jit` (static output length, preallocated cache).
 Outputs are token ids (batch, max_len) without BOS, EOS included where generated, padded with `pad_id`.
+Each sentence may produce at most `limits[i]` tokens (EOS included; the paper's source length + 50): the limit is
+per sentence, so a translation does not depend on which other sentences share its batch.
 """
-
-import functools
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+
+NEG_INF = -1.0e9
 
 
-def greedy_search(model, src_ids, max_len: int, bos_id: int, eos_id: int):
-    """Pick the most probable next token at every step until every sentence emitted EOS (or max_len tokens)."""
+def output_limits(src_ids, pad_id: int, max_extra_len: int, max_len: int):
+    """Per-sentence output length limits: real source length + max_extra_len, at most max_len. (batch,)"""
+    return jnp.minimum(jnp.sum(src_ids != pad_id, axis=1) + max_extra_len, max_len).astype(jnp.int32)
+
+
+def _constrain(log_probs, index, limits, eos_id: int, banned: tuple):
+    """PAD and BOS are never produced (the model would read a generated PAD as padding), and only EOS, at no cost,
+    may be produced at the last position a sentence is allowed. log_probs: (batch, ..., vocab)."""
+    log_probs = log_probs.at[..., list(banned)].set(NEG_INF)
+    at_limit = (index + 1 >= limits).reshape((-1,) + (1,) * (log_probs.ndim - 1))
+    only_eos = jnp.full(log_probs.shape[-1], NEG_INF).at[eos_id].set(0.0)
+    return jnp.where(at_limit, only_eos, log_probs)
+
+
+def greedy_search(model, src_ids, max_len: int, bos_id: int, eos_id: int, limits=None):
+    """Pick the most probable next token at every step until every sentence emitted EOS (or reached its limit)."""
     batch = src_ids.shape[0]
     pad_id = model.config.pad_id
+    limits = jnp.full((batch,), max_len, jnp.int32) if limits is None else limits
     memory, src_mask = model.encode(src_ids)
     cross = model.cross_key_values(memory)
     cache = model.init_cache(batch, max_len)
@@ -27,6 +43,7 @@ def greedy_search(model, src_ids, max_len: int, bos_id: int, eos_id: int):
     def body(carry):
         index, last, cache, output, done = carry
         logits, cache = model.decode_step(last, index, cache, cross, src_mask)  # (batch, vocab)
+        logits = _constrain(logits, index, limits, eos_id, (pad_id, bos_id))
         token = jnp.where(done, pad_id, jnp.argmax(logits, axis=-1).astype(jnp.int32))
         output = output.at[:, index].set(token)
         return index + 1, token, cache, output, done | (token == eos_id)
@@ -36,7 +53,76 @@ def greedy_search(model, src_ids, max_len: int, bos_id: int, eos_id: int):
     return jax.lax.while_loop(cond, body, init)[3]
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_len", "bos_id", "eos_id"))
-def jit_greedy_search(graphdef, params, src_ids, *, max_len: int, bos_id: int, eos_id: int):
-    """`greedy_search` compiled for a (graphdef, params) split of an eval-mode model."""
-    return greedy_search(nnx.merge(graphdef, params), src_ids, max_len, bos_id, eos_id)
+def length_penalty(length, alpha: float):
+    """GNMT length penalty (Wu et al., 2016): ((5 + length) / 6)^alpha; scores are log P / penalty."""
+    return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0) ** alpha
+
+
+def beam_search(model, src_ids, beam_size: int, max_len: int, bos_id: int, eos_id: int, alpha: float, limits=None):
+    """Batched beam search over the KV cache. Returns (tokens (batch, max_len), scores (batch,)) of the best
+    hypothesis per sentence, scored log P(y | x) / length_penalty(|y|) with |y| counting EOS.
+
+    Each step expands every live beam by every token, keeps the 2K best candidates, moves those ending in EOS to the
+    finished set (the K best finished so far are kept) and continues with the K best that did not end. A sentence is
+    done when no live beam can still beat its worst finished hypothesis (log P only falls and the penalty is largest
+    at the limit); the loop ends when every sentence is done or at max_len.
+    """
+    batch, k, pad_id = src_ids.shape[0], beam_size, model.config.pad_id
+    limits = jnp.full((batch,), max_len, jnp.int32) if limits is None else limits
+    memory, src_mask = model.encode(src_ids)
+    per_beam = lambda x: jnp.repeat(x, k, axis=0)  # (batch, ...) -> (batch * k, ...), beams of a sentence adjacent
+    src_mask = per_beam(src_mask)
+    cross = model.cross_key_values(per_beam(memory))
+    cache = model.init_cache(batch * k, max_len)
+
+    alive_seqs = jnp.full((batch, k, max_len), pad_id, jnp.int32)
+    alive_logp = jnp.tile(jnp.array([0.0] + [NEG_INF] * (k - 1)), (batch, 1))  # one live beam at the start
+    finished_seqs = jnp.full((batch, k, max_len), pad_id, jnp.int32)
+    finished_scores = jnp.full((batch, k), NEG_INF)
+    last = jnp.full((batch * k,), bos_id, jnp.int32)
+    max_penalty = length_penalty(limits, alpha)  # (batch,)
+
+    def gather(x, indices):  # x: (batch, n, ...), indices: (batch, m) -> (batch, m, ...)
+        return jnp.take_along_axis(x, indices.reshape(indices.shape + (1,) * (x.ndim - 2)), axis=1)
+
+    def sentence_done(alive_logp, finished_scores):
+        best_alive_possible = alive_logp[:, 0] / max_penalty
+        return best_alive_possible < finished_scores[:, -1]  # (batch,)
+
+    def cond(carry):
+        index, _, _, alive_logp, _, finished_scores, _ = carry
+        return (index < max_len) & ~jnp.all(sentence_done(alive_logp, finished_scores))
+
+    def body(carry):
+        index, last, cache, alive_logp, alive_seqs, finished_scores, finished_seqs = carry
+        logits, cache = model.decode_step(last, index, cache, cross, src_mask)  # (batch * k, vocab)
+        vocab = logits.shape[-1]
+        log_probs = jax.nn.log_softmax(logits).reshape(batch, k, vocab)
+        log_probs = _constrain(log_probs, index, limits, eos_id, (pad_id, bos_id))
+        candidates = (alive_logp[:, :, None] + log_probs).reshape(batch, k * vocab)
+        top_logp, top_index = jax.lax.top_k(candidates, 2 * k)  # (batch, 2k)
+        top_beam, top_token = top_index // vocab, (top_index % vocab).astype(jnp.int32)
+        top_seqs = gather(alive_seqs, top_beam).at[:, :, index].set(top_token)  # (batch, 2k, max_len)
+        ended = top_token == eos_id
+
+        # the k best candidates that did not end stay alive
+        alive_logp, keep = jax.lax.top_k(jnp.where(ended, NEG_INF, top_logp), k)
+        alive_seqs = gather(top_seqs, keep)
+        source_beam = jnp.take_along_axis(top_beam, keep, axis=1)  # (batch, k): which old beam each continues
+        rows = (jnp.arange(batch)[:, None] * k + source_beam).reshape(-1)
+        cache = jax.tree.map(lambda c: c[rows], cache)
+        last = alive_seqs[:, :, index].reshape(-1)
+
+        # those that ended join the finished set, which keeps its k best
+        new_scores = jnp.where(ended, top_logp / length_penalty(index + 1, alpha), NEG_INF)
+        finished_scores, best = jax.lax.top_k(jnp.concatenate([finished_scores, new_scores], axis=1), k)
+        finished_seqs = gather(jnp.concatenate([finished_seqs, top_seqs], axis=1), best)
+        return index + 1, last, cache, alive_logp, alive_seqs, finished_scores, finished_seqs
+
+    init = (jnp.array(0), last, cache, alive_logp, alive_seqs, finished_scores, finished_seqs)
+    _, _, _, alive_logp, alive_seqs, finished_scores, finished_seqs = jax.lax.while_loop(cond, body, init)
+    # a sentence with no finished hypothesis (only possible without a limit) falls back to its best live beam
+    none_finished = finished_scores[:, 0] <= NEG_INF / 2
+    tokens = jnp.where(none_finished[:, None], alive_seqs[:, 0], finished_seqs[:, 0])
+    scores = jnp.where(none_finished, alive_logp[:, 0] / max_penalty, finished_scores[:, 0])
+    return tokens, scores

@@ -155,7 +155,9 @@ def sinusoidal_positions(length: int, d_model: int, layout: str = "interleaved")
         half = (d_model + 1) // 2
         table[:, :half] = np.sin(angles)
         table[:, half:] = np.cos(angles[:, : d_model // 2])
-    return table.astype(np.float32)
+    table = table.astype(np.float32)
+    table.setflags(write=False)  # cached and shared: nobody may edit it
+    return table
 
 
 def _layer_norm(config: ModelConfig, rngs):
@@ -264,8 +266,8 @@ class Encoder(nnx.Module):
     def embed_positions(self, x, offset=0):
         """§3.5: add positional encodings for positions offset .. offset+len-1, then dropout (§5.4)."""
         length = x.shape[1]
-        if length > self.config.max_len:
-            raise ValueError(f"sequence length {length} exceeds model.max_len={self.config.max_len}")
+        if length > self.config.max_len or (isinstance(offset, int) and offset + length > self.config.max_len):
+            raise ValueError(f"positions up to {offset} + {length} exceed model.max_len={self.config.max_len}")
         if self.config.positional == "learned":
             positions = self.position_embedding(offset + jnp.arange(length))
         else:

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from . import data as data_lib
 from .checkpoint import Checkpointer
 from .config import Config, UserError
+from .inference import Translator
 from .metrics import bleu
 from .model import Transformer
 from .run_log import RunLog
@@ -118,21 +119,6 @@ def evaluate_loss(steps: Steps, params, examples, config: Config) -> dict:
     }
 
 
-def translate_examples(steps: Steps, params, examples, tokenizer, config: Config) -> list[str]:
-    """Greedy translations of encoded source examples, in input order."""
-    outputs = [""] * len(examples)
-    for batch, indices in _eval_batches(examples, config.decode.max_tokens, config):
-        src = batch["src"]
-        max_len = min(src.shape[1] + config.decode.max_extra_len, config.model.max_len)
-        tokens = np.asarray(
-            steps.greedy(params, src, max_len=max_len, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id)
-        )
-        for row, text in zip(indices, tokenizer.decode(tokens.tolist()), strict=True):
-            if row >= 0:
-                outputs[row] = text
-    return outputs
-
-
 def train(config: Config, *, crash_at_step: int | None = None) -> dict:
     """Train (or resume) the run described by `config`; returns the final metrics."""
     os.makedirs(config.directory, exist_ok=True)
@@ -146,6 +132,7 @@ def train(config: Config, *, crash_at_step: int | None = None) -> dict:
     model = Transformer(config.model, rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1))
     steps = Steps(config, model)
     state = steps.init_state(nnx.state(model, nnx.Param))
+    translator = Translator(config, model, data.tokenizer)  # greedy validation BLEU, with the current parameters
     del model
     checkpoints = Checkpointer(os.path.join(config.directory, "checkpoints"), tcfg.keep_checkpoints, tcfg.keep_best)
     start = checkpoints.latest_step()
@@ -212,7 +199,7 @@ def train(config: Config, *, crash_at_step: int | None = None) -> dict:
 
             evaluated = None
             if tcfg.eval_every and (step % tcfg.eval_every == 0 or step == tcfg.steps):
-                evaluated = evaluate(config, steps, state["params"], data, step, log)
+                evaluated = evaluate(config, steps, translator, state["params"], data, step, log)
             if evaluated is not None or step % tcfg.save_every == 0 or step == tcfg.steps:
                 save(evaluated)
     except KeyboardInterrupt:
@@ -226,14 +213,16 @@ def train(config: Config, *, crash_at_step: int | None = None) -> dict:
     return {"step": step, **last, "parameters": num_params}
 
 
-def evaluate(config: Config, steps: Steps, params, data: TranslationData, step: int, log: RunLog) -> dict:
+def evaluate(
+    config: Config, steps: Steps, translator: Translator, params, data: TranslationData, step: int, log: RunLog
+) -> dict:
     """Validation loss (every eval) and greedy BLEU (every `bleu_every` steps; 0: every eval)."""
     tcfg = config.train
     started = time.time()
     result = evaluate_loss(steps, params, data.valid_examples, config)
     if tcfg.best_metric == "bleu" and (tcfg.bleu_every == 0 or step % tcfg.bleu_every == 0 or step == tcfg.steps):
         n = tcfg.bleu_max_sentences or len(data.valid_examples)
-        hypotheses = translate_examples(steps, params, data.valid_examples[:n], data.tokenizer, config)
+        hypotheses = translator.translate_examples(data.valid_examples[:n], beam_size=1, params=params)
         result["bleu"] = bleu(hypotheses, data.valid_references[:n])[0].score
     log.write("valid", step, result)
     shown = ", ".join(f"{k} {v:.3f}" for k, v in result.items())

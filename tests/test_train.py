@@ -15,9 +15,11 @@ from flax import nnx
 
 from jax_transformer.checkpoint import Checkpointer
 from jax_transformer.config import Config, DataConfig, TrainConfig, UserError, model_preset
+from jax_transformer.decode import greedy_search
 from jax_transformer.model import Transformer
 from jax_transformer.train_lib import Steps, label_smoothed_cross_entropy, learning_rate_schedule
 from jax_transformer.trainer import TrainingInterrupted, train
+from tests.copy_task import BOS, EOS, token_accuracy, train_copy_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MULTI30K = os.path.join(ROOT, "data", "multi30k")
@@ -86,23 +88,9 @@ def _steps(train_cfg: TrainConfig, **model_overrides):
 
 
 def test_tiny_model_overfits_a_copy_task():
-    rng = np.random.default_rng(0)
-    seqs = rng.integers(4, 16, size=(32, 8)).astype(np.int32)  # 32 sequences of 8 tokens, ids 4..15
-    eos, bos = 3, 2
-    batch = {
-        "src": np.concatenate([seqs, np.full((32, 1), eos, np.int32)], 1),
-        "tgt_in": np.concatenate([np.full((32, 1), bos, np.int32), seqs], 1),
-        "tgt_out": np.concatenate([seqs, np.full((32, 1), eos, np.int32)], 1),
-    }
-    steps, state = _steps(
-        TrainConfig(schedule="constant", learning_rate=3e-3, warmup_steps=20, label_smoothing=0.0, clip_grad_norm=1.0)
-    )
-    for _ in range(400):
-        state, metrics = steps.train_step(state, batch)
-    logits = steps.eval_model(state["params"])(batch["src"], batch["tgt_in"])
-    accuracy = float(jnp.mean(jnp.argmax(logits, -1) == batch["tgt_out"]))
-    assert accuracy >= 0.99, accuracy
-    out = steps.greedy(state["params"], batch["src"], max_len=10, bos_id=bos, eos_id=eos)
+    runner, state, batch = train_copy_model()
+    assert token_accuracy(runner, state, batch) >= 0.99
+    out = greedy_search(runner.eval_model(state["params"]), batch["src"], max_len=10, bos_id=BOS, eos_id=EOS)
     assert np.mean(np.asarray(out)[:, :9] == batch["tgt_out"]) >= 0.99
 
 
@@ -248,8 +236,8 @@ def _bad_corpus(folder, case):
 def test_bad_input_gives_one_line_and_exit_1(tmp_path, case, expected):
     folder = str(tmp_path / "corpus")
     _bad_corpus(folder, case)
-    result = _run_cli("--config", "configs/tiny.py", f"--config.data.path={folder}",
-                      f"--config.run_dir={tmp_path / 'run'}", f"--config.data.cache_dir={tmp_path / 'cache'}")  # fmt: skip
+    overrides = [f"--config.data.path={folder}", f"--config.run_dir={tmp_path / 'run'}"]
+    result = _run_cli("--config", "configs/tiny.py", *overrides, f"--config.data.cache_dir={tmp_path / 'cache'}")
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]

@@ -1,0 +1,138 @@
+"""Helpers shared by the bench/ scripts: machine description, step timing, matmul peaks and markdown tables.
+
+Imported as `common` by scripts run as `python bench/SCRIPT.py` (the script's folder is first on sys.path).
+Importing it also puts the repository root on sys.path, so that `jax_transformer` and `torch_ref` import without an
+installed package: scripts import `common` before them. Nothing here imports JAX or torch at module level.
+"""
+
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(1, REPO_ROOT)  # after the script's own folder
+
+
+def available_cores() -> int:
+    """Cores this process may run on (the affinity mask, e.g. under taskset), else os.cpu_count()."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def cpu_model() -> str:
+    """`lscpu`'s 'Model name' (falling back to /proc/cpuinfo, then platform.processor())."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, check=False).stdout
+        for line in out.splitlines():
+            if line.strip().startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def cpu_features(names=("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")) -> list[str]:
+    """Which of `names` the CPU flags list (matters for bf16: without avx512_bf16/AMX, bf16 matmuls are emulated)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return [name for name in names if name in flags]
+    except OSError:
+        pass
+    return []
+
+
+def machine_lines() -> list[str]:
+    """Markdown bullet lines: date, CPU, cores, OS, Python."""
+    features = cpu_features()
+    return [
+        f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
+        f"- CPU: {cpu_model()} ({available_cores()} cores available to this process, os.cpu_count()={os.cpu_count()}"
+        f"{'; ' + ', '.join(features) if features else ''})",
+        f"- OS: {platform.platform()}; Python {platform.python_version()}",
+    ]
+
+
+def time_calls(fn: Callable[[], object], steps: int, warmup: int) -> tuple[list[float], float]:
+    """Call `fn` `warmup` times, then `steps` times timing each call (fn must block until its work is done).
+
+    Returns (per-call seconds of the timed calls, seconds of the first warm-up call: compilation for JAX)."""
+    first = None
+    for i in range(warmup):
+        start = time.perf_counter()
+        fn()
+        if i == 0:
+            first = time.perf_counter() - start
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times, first if first is not None else float("nan")
+
+
+def quantile(values: list[float], q: float) -> float:
+    """Linear-interpolated quantile, q in [0, 1]."""
+    ordered = sorted(values)
+    position = q * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def jax_matmul_peak(n: int = 2048, dtype: str = "float32", repeats: int = 7) -> float:
+    """Median FLOP/s of a jitted (n, n) @ (n, n) jnp.dot (2 n^3 FLOPs), after one warm-up call."""
+    import jax
+    import jax.numpy as jnp
+
+    keys = jax.random.split(jax.random.key(0))
+    a = jax.random.normal(keys[0], (n, n), jnp.float32).astype(dtype)
+    b = jax.random.normal(keys[1], (n, n), jnp.float32).astype(dtype)
+    dot = jax.jit(jnp.dot)
+    times, _ = time_calls(lambda: dot(a, b).block_until_ready(), repeats, warmup=1)
+    return 2 * n**3 / median(times)
+
+
+def torch_matmul_peak(n: int = 2048, dtype: str = "float32", repeats: int = 7) -> float:
+    """Median FLOP/s of an (n, n) @ (n, n) torch.matmul (2 n^3 FLOPs) with the current torch thread count."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=generator).to(getattr(torch, dtype))
+    b = torch.randn(n, n, generator=generator).to(getattr(torch, dtype))
+    with torch.inference_mode():
+        times, _ = time_calls(lambda: torch.matmul(a, b), repeats, warmup=1)
+    return 2 * n**3 / median(times)
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A GitHub markdown table; columns after the first three are right-aligned."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
+
+    def line(cells):
+        return "| " + " | ".join(str(c).ljust(w) if i < 3 else str(c).rjust(w) for i, (c, w) in
+                                 enumerate(zip(cells, widths, strict=True))) + " |"  # fmt: skip
+
+    rule = "|" + "|".join("-" * (w + 1) + ":" if i >= 3 else ":" + "-" * (w + 1) for i, w in enumerate(widths)) + "|"
+    return "\n".join([line(header), rule, *(line(row) for row in rows)])

@@ -1,0 +1,145 @@
+"""Translating text with a trained model: loading a run (or an averaged / exported model), batching, searching.
+
+`load_translator(path)` accepts a run directory (`--step latest|best|N`), an averaged checkpoint directory written by
+`average`, or a directory exported with `export --to torch` (config.json + model.safetensors + spm.model).
+"""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm import tqdm
+
+from . import data as data_lib
+from .checkpoint import Checkpointer
+from .config import Config, UserError
+from .decode import beam_search, greedy_search, output_limits
+from .model import Transformer
+from .tokenizer import Tokenizer
+
+
+class Translator:
+    """A model in eval mode + its tokenizer, with searches compiled once per batch shape."""
+
+    def __init__(self, config: Config, model: Transformer, tokenizer: Tokenizer):
+        self.config, self.tokenizer = config, tokenizer
+        model.eval()
+        self.graphdef, self.params, self.rest = nnx.split(model, nnx.Param, ...)
+        self._search = jax.jit(self._search_impl, static_argnames=("beam_size", "max_len", "alpha"))
+
+    def _search_impl(self, params, rest, src_ids, limits, *, beam_size, max_len, alpha):
+        model = nnx.merge(self.graphdef, params, jax.tree.map(jnp.asarray, rest))
+        bos, eos = self.tokenizer.bos_id, self.tokenizer.eos_id
+        if beam_size == 1:
+            return greedy_search(model, src_ids, max_len, bos, eos, limits)
+        return beam_search(model, src_ids, beam_size, max_len, bos, eos, alpha, limits)[0]
+
+    def search(self, src_ids: np.ndarray, beam_size: int, alpha: float, params=None) -> np.ndarray:
+        """Token ids (batch, max_len) for a padded batch of source ids (batch, src_len)."""
+        dcfg = self.config.decode
+        max_len = min(src_ids.shape[1] + dcfg.max_extra_len, self.config.model.max_len)
+        limits = output_limits(jnp.asarray(src_ids), self.config.model.pad_id, dcfg.max_extra_len, max_len)
+        params = self.params if params is None else params
+        out = self._search(params, self.rest, src_ids, limits, beam_size=beam_size, max_len=max_len, alpha=alpha)
+        return np.asarray(out)
+
+    def translate_examples(self, examples, beam_size=None, alpha=None, params=None, progress=False) -> list[str]:
+        """Translations of encoded (source ids, _) examples, in input order, batched by the decode token budget."""
+        dcfg = self.config.decode
+        beam_size = dcfg.beam_size if beam_size is None else beam_size
+        alpha = dcfg.alpha if alpha is None else alpha
+        outputs = [""] * len(examples)
+        cfg = self.config.data
+        budget = max(dcfg.max_tokens // beam_size, cfg.max_len)  # beams multiply the rows the decoder sees
+        batches = data_lib.eval_batches(examples, budget, cfg.length_bucket_step, cfg.min_bucket_batches)
+        bar = tqdm(total=len(examples), unit="sent", disable=not progress, dynamic_ncols=True)
+        for batch, indices in batches:
+            tokens = self.search(batch["src"], beam_size, alpha, params)
+            for row, text in zip(indices, self.tokenizer.decode(tokens.tolist()), strict=True):
+                if row >= 0:
+                    outputs[row] = text
+            bar.update(int((indices >= 0).sum()))
+        bar.close()
+        return outputs
+
+    def translate(self, sentences: list[str], beam_size=None, alpha=None, progress=False) -> list[str]:
+        """Translate raw sentences (empty lines give empty translations)."""
+        ids = self.tokenizer.encode(sentences)
+        eos = self.tokenizer.eos_id
+        examples = [(np.array(s + [eos], np.int32), None) for s in ids]
+        return self.translate_examples(examples, beam_size, alpha, progress=progress)
+
+
+def _read_step(run_dir: str, step: str) -> tuple[Checkpointer, int]:
+    checkpoints = Checkpointer(os.path.join(run_dir, "checkpoints"), read_only=True)
+    steps = checkpoints.all_steps()
+    if not steps:
+        raise UserError(f"{run_dir} has no checkpoints yet; fix: train first (python train.py --config ...)")
+    if step == "latest":
+        return checkpoints, max(steps)
+    if step == "best":
+        best = checkpoints.best_step()
+        if best is None:
+            raise UserError(f"{run_dir} has no evaluated checkpoint to call best; fix: use --step latest or a number")
+        return checkpoints, best
+    if not step.isdigit() or int(step) not in steps:
+        raise UserError(f"{run_dir} has no checkpoint {step!r}; it has: {', '.join(map(str, steps))}, latest, best")
+    return checkpoints, int(step)
+
+
+def load_translator(path: str, step: str = "latest") -> Translator:
+    """A Translator from a run directory, an averaged checkpoint, or an exported (safetensors) directory."""
+    config_path = os.path.join(path, "config.json")
+    if not os.path.isdir(path) or not os.path.exists(config_path):
+        raise UserError(f"{path} is not a run or model directory (no config.json); fix: pass e.g. runs/NAME")
+    config = Config.load(config_path)
+    tokenizer = Tokenizer.load(os.path.join(path, "spm.model"))
+    model = Transformer(config.model, rngs=nnx.Rngs(0))
+    if os.path.exists(os.path.join(path, "model.safetensors")):
+        from .convert import load_safetensors
+
+        load_safetensors(model, os.path.join(path, "model.safetensors"))
+    else:
+        checkpoints, number = _read_step(path, step)
+        params = restore_params(checkpoints, number, nnx.state(model, nnx.Param))
+        nnx.update(model, params)
+    return Translator(config, model, tokenizer)
+
+
+def restore_params(checkpoints: Checkpointer, step: int, abstract_params):
+    """Only the parameters of checkpoint `step` (no optimizer state needed), as an nnx.State like `abstract_params`."""
+    arrays = checkpoints.restore_arrays(step)["params"]
+    target = jax.tree.map(lambda x: x, abstract_params)
+    try:
+        nnx.replace_by_pure_dict(target, _to_pure(arrays))
+    except (KeyError, ValueError, TypeError) as e:
+        raise UserError(f"checkpoint {step} does not fit the model of config.json ({e})") from None
+    return target
+
+
+def _to_pure(tree):
+    """orbax restores dicts with string keys and each variable as {'value': array}; nnx pure dicts index list layers
+    by int and hold arrays."""
+    if isinstance(tree, dict) and set(tree) == {"value"} and not isinstance(tree["value"], dict):
+        return tree["value"]
+    if isinstance(tree, dict):
+        return {(int(k) if isinstance(k, str) and k.isdigit() else k): _to_pure(v) for k, v in tree.items()}
+    return tree
+
+
+def save_model_dir(translator: Translator, out_dir: str, metadata: dict | None = None) -> None:
+    """Write a self-contained model directory: config.json, model.safetensors (torch_ref names and layouts, fp32),
+    spm.model. `load_translator` and `torch_ref.load_pretrained` both read it. Refuses to overwrite."""
+    from .convert import save_safetensors
+
+    if os.path.exists(os.path.join(out_dir, "model.safetensors")):
+        raise UserError(f"{out_dir} already holds a model; fix: choose another output directory or delete it")
+    os.makedirs(out_dir, exist_ok=True)
+    model = nnx.merge(translator.graphdef, translator.params, translator.rest)
+    save_safetensors(
+        model, os.path.join(out_dir, "model.safetensors"), metadata={k: str(v) for k, v in (metadata or {}).items()}
+    )
+    translator.config.save(os.path.join(out_dir, "config.json"))
+    translator.tokenizer.save(os.path.join(out_dir, "spm.model"))

@@ -1,0 +1,157 @@
+"""Decoding: the KV cache equals full recomputation, beam search, padding safety, averaging, the commands."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jax_transformer.checkpoint import Checkpointer, average_params
+from jax_transformer.config import model_preset
+from jax_transformer.decode import beam_search, greedy_search, output_limits
+from jax_transformer.model import Transformer
+from tests.copy_task import BOS, EOS, token_accuracy, train_copy_model
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"norm_position": "pre"}, {"positional": "learned"}, {"share_embeddings": False, "tie_output": False,
+     "target_vocab_size": 40}, {"sinusoidal_layout": "concatenated", "activation": "gelu"}],
+)  # fmt: skip
+def test_cached_decode_step_equals_full_decode(options):
+    model = Transformer(model_preset("test", vocab_size=50, **options), rngs=nnx.Rngs(0))
+    model.eval()
+    src = jnp.array([[5, 6, 7, 8, 3], [9, 10, 3, 0, 0]])
+    tgt = jnp.array([[2, 11, 12, 13, 14, 15], [2, 16, 17, 18, 19, 20]])
+    full = model(src, tgt)
+    memory, src_mask = model.encode(src)
+    cross, cache = model.cross_key_values(memory), model.init_cache(2, 8)
+    stepped = []
+    for i in range(tgt.shape[1]):
+        logits, cache = model.decode_step(tgt[:, i], i, cache, cross, src_mask)
+        stepped.append(logits)
+    np.testing.assert_allclose(np.stack(stepped, 1), full, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def copy_model():
+    runner, state, batch = train_copy_model()
+    assert token_accuracy(runner, state, batch) >= 0.99
+    return runner.eval_model(state["params"]), batch
+
+
+def _uncached_greedy(model, src, max_len):
+    tgt = jnp.full((src.shape[0], 1), BOS)
+    for _ in range(max_len):
+        next_token = jnp.argmax(model(src, tgt)[:, -1], -1)
+        tgt = jnp.concatenate([tgt, next_token[:, None]], 1)
+    return np.asarray(tgt[:, 1:])
+
+
+def test_cached_greedy_equals_uncached_greedy(copy_model):
+    model, batch = copy_model
+    src = batch["src"][:8]
+    cached = np.asarray(greedy_search(model, src, 10, BOS, EOS))
+    uncached = _uncached_greedy(model, src, 10)
+    for row in range(8):  # equal up to and including the first EOS (greedy pads after it, uncached keeps going)
+        end = list(cached[row]).index(EOS) + 1
+        np.testing.assert_array_equal(cached[row, :end], uncached[row, :end])
+
+
+def test_beam_size_one_equals_greedy(copy_model):
+    model, batch = copy_model
+    greedy = np.asarray(greedy_search(model, batch["src"], 10, BOS, EOS))
+    beam, _ = beam_search(model, batch["src"], 1, 10, BOS, EOS, alpha=0.0)
+    np.testing.assert_array_equal(greedy, np.asarray(beam))
+
+
+@pytest.mark.parametrize("beam_size,alpha", [(2, 0.0), (4, 0.6), (5, 1.0)])
+def test_beam_search_decodes_the_copy_task(copy_model, beam_size, alpha):
+    model, batch = copy_model
+    tokens, scores = beam_search(model, batch["src"], beam_size, 12, BOS, EOS, alpha)
+    tokens = np.asarray(tokens)
+    assert np.mean(np.all(tokens[:, :9] == batch["tgt_out"], axis=1)) >= 0.95
+    assert np.all(tokens[:, 9:] == 0)  # padded after EOS
+    assert np.all(np.asarray(scores) <= 0)
+
+
+def _log_prob(model, src, tokens, limit):
+    """log P(tokens | src) under teacher forcing, up to and including the first EOS. An EOS in the last allowed
+    position is the search's forced stop and costs nothing (as when Hugging Face generate() hits max_length)."""
+    tgt_in = np.concatenate([np.full((src.shape[0], 1), BOS), tokens[:, :-1]], 1)
+    log_probs = jax.nn.log_softmax(model(src, jnp.asarray(tgt_in)), -1)
+    picked = np.take_along_axis(np.asarray(log_probs), tokens[..., None], -1)[..., 0]
+    ended = np.cumsum(tokens == EOS, axis=1) - (tokens == EOS) > 0  # positions after the first EOS
+    picked[:, limit - 1] = np.where(tokens[:, limit - 1] == EOS, 0.0, picked[:, limit - 1])
+    return np.where(ended, 0.0, picked).sum(1)
+
+
+def test_beam_finds_at_least_the_greedy_probability():
+    """On a random (untrained) model, whose choices are hard, beam 4 never scores below greedy (alpha 0)."""
+    model = Transformer(model_preset("test", vocab_size=12), rngs=nnx.Rngs(3))
+    model.eval()
+    src = jnp.asarray(np.random.default_rng(0).integers(4, 12, size=(6, 5)))
+    limits = jnp.full((6,), 6)
+    greedy = np.asarray(greedy_search(model, src, 6, BOS, EOS, limits))
+    beam, scores = beam_search(model, src, 4, 6, BOS, EOS, 0.0, limits)
+    beam = np.asarray(beam)
+    greedy_lp, beam_lp = _log_prob(model, src, greedy, 6), _log_prob(model, src, beam, 6)
+    assert np.all(beam_lp >= greedy_lp - 1e-4), (beam_lp, greedy_lp)
+    np.testing.assert_allclose(np.asarray(scores), beam_lp, atol=1e-4)  # the score is the log probability
+
+
+@pytest.mark.parametrize("search", ["greedy", "beam"])
+def test_translations_do_not_depend_on_the_batch(copy_model, search):
+    """A sentence decodes the same alone and padded into a batch with longer and shorter sentences."""
+    model, batch = copy_model
+    short = np.array([[7, 8, 9, 3, 0, 0, 0, 0, 0, 0, 0, 0]], np.int32)
+    mixed = np.concatenate([np.pad(batch["src"][:3], ((0, 0), (0, 3))), short])  # (4, 12)
+
+    def run(src):
+        limits = output_limits(jnp.asarray(src), 0, max_extra_len=4, max_len=16)
+        if search == "greedy":
+            return np.asarray(greedy_search(model, src, 16, BOS, EOS, limits))
+        return np.asarray(beam_search(model, src, 3, 16, BOS, EOS, 0.6, limits)[0])
+
+    alone, together = run(short[:, :4]), run(mixed)
+    np.testing.assert_array_equal(alone[0], together[3])
+    assert np.all(together[3, 4 + 4 :] == 0)  # its own limit: 4 source tokens (EOS included) + 4
+
+
+def test_average_params_is_the_mean(tmp_path):
+    checkpoints = Checkpointer(str(tmp_path / "ckpt"), keep=5, keep_best=False)
+    values = []
+    for step in (1, 2, 3):
+        params = {"layer": {"kernel": np.full((2, 3), float(step * step), np.float32)}, "bias": np.arange(3.0) * step}
+        values.append(params)
+        checkpoints.save(step, {"params": params, "step": np.int32(step)}, {"data": {}})
+    averaged = average_params(checkpoints, [2, 3])
+    np.testing.assert_allclose(averaged["layer"]["kernel"], np.full((2, 3), 6.5))
+    np.testing.assert_allclose(averaged["bias"], np.arange(3.0) * 2.5)
+
+
+def test_translate_evaluate_average_commands(tmp_path, capsys):
+    """The commands on a tiny trained run: outputs line up with inputs, scores print, averaging writes a model."""
+    from jax_transformer import average, evaluate, translate
+    from jax_transformer.trainer import train
+    from tests.test_train import _config, _write_slice
+
+    corpus = _write_slice(tmp_path / "corpus", n_train=300, n_valid=16)
+    run_dir = tmp_path / "run"
+    train(_config(corpus, run_dir, steps=8))
+    src = tmp_path / "src.en"
+    src.write_text("A man rides a bike.\n\nTwo dogs play in the snow.\n", encoding="utf-8")
+    out = tmp_path / "out.de"
+    assert translate.main([str(run_dir), "--input", str(src), "--output", str(out), "--beam", "2"]) == 0
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 3
+    ref = os.path.join(corpus, "val.de")
+    hyp_src = os.path.join(corpus, "val.en")
+    assert evaluate.main([str(run_dir), "--src", hyp_src, "--ref", ref, "--beam", "1", "--json"]) == 0
+    printed = capsys.readouterr().out
+    assert '"lc_tok_bleu"' in printed and '"chrf"' in printed
+    assert average.main([str(run_dir), "--last", "2", "--out", str(tmp_path / "avg")]) == 0
+    assert translate.main([str(tmp_path / "avg"), "--input", str(src), "--output", str(tmp_path / "o2")]) == 0
+    assert average.main([str(run_dir), "--last", "2", "--out", str(tmp_path / "avg")]) == 1  # never overwrites
+    assert translate.main([str(run_dir), "--step", "999", "--input", str(src)]) == 1
