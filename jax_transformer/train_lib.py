@@ -6,6 +6,8 @@ place. Dropout keys are `fold_in(key(seed), step)`: a pure function of the step,
 masks an uninterrupted one would. The training loop that drives these steps lives in `trainer.py`.
 """
 
+import zlib
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -102,6 +104,13 @@ def label_smoothed_cross_entropy(logits, targets, pad_id: int, smoothing: float)
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def _per_module_key(path: tuple, key, shape):
+    """Each Dropout module owns an RNG stream; reseeding them all with one key would make every layer drop the same
+    units in a step. Fold in a stable hash of the module's path (not Python's salted hash(): resume must redraw
+    exactly the same masks)."""
+    return jax.random.fold_in(key, zlib.crc32("/".join(map(str, path)).encode()) & 0x7FFFFFFF)
+
+
 class Steps:
     """The jitted functions of one model + optimizer. `state` is a dict pytree:
     params (nnx.State), opt_state, step (int32), nonfinite_step (int32, -1 while every update was finite)."""
@@ -139,7 +148,7 @@ class Steps:
         def loss_fn(params):
             rng_state = jax.tree.map(jnp.asarray, self.rng_state)  # fresh variables at this trace level
             model = nnx.merge(self.train_graphdef, params, rng_state)
-            nnx.reseed(model, dropout=key)
+            nnx.reseed(model, dropout=key, policy=_per_module_key)
             logits = model(batch["src"], batch["tgt_in"])
             loss, nll, tokens = label_smoothed_cross_entropy(logits, batch["tgt_out"], self.pad_id, self.smoothing)
             return loss, (nll, tokens)

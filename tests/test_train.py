@@ -258,3 +258,23 @@ def test_cli_override_errors(override, expected):
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().startswith("error:") and expected in result.stderr, result.stderr
+
+
+def test_dropout_masks_differ_between_layers_and_steps():
+    """Every Dropout module draws its own mask, and masks change from step to step (but not between two runs)."""
+    from jax_transformer.train_lib import _per_module_key
+
+    steps, state = _steps(TrainConfig(), dropout=0.5)
+
+    @jax.jit
+    def masks(params, key):
+        model = nnx.merge(steps.train_graphdef, params, jax.tree.map(jnp.asarray, steps.rng_state))
+        nnx.reseed(model, dropout=key, policy=_per_module_key)
+        x = jnp.ones((2, 3, 32))
+        return jnp.stack([model.encoder.layers[0].dropout(x), model.encoder.layers[1].dropout(x),
+                          model.decoder.layers[0].dropout(x)])  # fmt: skip
+
+    step1, step2 = masks(state["params"], jax.random.key(1)), masks(state["params"], jax.random.key(2))
+    assert not jnp.array_equal(step1[0], step1[1]) and not jnp.array_equal(step1[0], step1[2])
+    assert not jnp.array_equal(step1, step2)
+    np.testing.assert_array_equal(step1, masks(state["params"], jax.random.key(1)))
