@@ -199,6 +199,24 @@ class DecoderLayer(EncoderLayer):
         )
         return self.residual(x, self.feed_forward, self.feed_forward_norm)
 
+    def step(self, x, cache, index, cross_key_value, cross_mask):
+        """Incremental decoding of the token at position `index`: x (batch, 1, d_model). `cache` holds this layer's
+        self-attention keys/values {'key', 'value'}: (batch, heads, max_len, head_dim), filled below `index`.
+        Returns (output (batch, 1, d_model), the cache with position `index` written; in place, unlike JAX)."""
+
+        def cached_self_attention(h):
+            key, value = self.self_attn.project_key_value(h)  # (batch, heads, 1, head_dim)
+            cache["key"][:, :, index] = key[:, :, 0].to(cache["key"].dtype)
+            cache["value"][:, :, index] = value[:, :, 0].to(cache["value"].dtype)
+            visible = (torch.arange(cache["key"].shape[2], device=h.device) <= index)[None, None, None, :]
+            return self.self_attn(h, mask=visible, key_value=(cache["key"], cache["value"]))[0]
+
+        x = self.residual(x, cached_self_attention, self.self_attn_norm)
+        x = self.residual(
+            x, lambda h: self.cross_attn(h, mask=cross_mask, key_value=cross_key_value)[0], self.cross_attn_norm
+        )
+        return self.residual(x, self.feed_forward, self.feed_forward_norm), cache
+
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Stacks (§3.1) and the encoder-decoder
@@ -251,6 +269,15 @@ class Decoder(Encoder):
             x = layer(x, memory, self_mask, cross_mask)
         return self.final_norm(x) if self.final_norm is not None else x
 
+    def step(self, x, caches, index, cross_key_values, cross_mask):
+        """One incremental step: x (batch, 1, d_model) token embedding at position `index` -> (batch, 1, d_model)."""
+        x = self.embed_positions(x, offset=index)
+        new_caches = []
+        for layer, cache, cross_key_value in zip(self.layers, caches, cross_key_values, strict=True):
+            x, cache = layer.step(x, cache, index, cross_key_value, cross_mask)
+            new_caches.append(cache)
+        return (self.final_norm(x) if self.final_norm is not None else x), new_caches
+
 
 class Transformer(nn.Module):
     """The encoder-decoder of §3 (Figure 1): encode(source) once, decode(target prefix) to next-token logits."""
@@ -296,6 +323,26 @@ class Transformer(nn.Module):
         self_mask = causal_mask(tgt_len, tgt_ids.device) & padding_mask(tgt_ids, self.config.pad_id)
         x = self.decoder(self.embed(self.target_token_embedding(), tgt_ids), memory, self_mask, src_mask)
         return self.logits(x)
+
+    # Incremental decoding with a key/value cache: the encoder runs once, cross-attention keys/values are projected
+    # once per source, and each step feeds one token while its self-attention keys/values are appended to the cache.
+
+    def init_cache(self, batch: int, max_len: int) -> list[dict]:
+        """Empty self-attention caches, one {'key', 'value'} of (batch, heads, max_len, head_dim) per decoder layer."""
+        shape = (batch, self.config.num_heads, max_len, self.config.d_model // self.config.num_heads)
+        weight = self.source_embedding.weight
+        zeros = lambda: torch.zeros(shape, dtype=weight.dtype, device=weight.device)
+        return [{"key": zeros(), "value": zeros()} for _ in self.decoder.layers]
+
+    def cross_key_values(self, memory) -> list[tuple]:
+        """Each decoder layer's cross-attention keys/values of the encoder output, computed once per source."""
+        return [layer.cross_attn.project_key_value(memory) for layer in self.decoder.layers]
+
+    def decode_step(self, token_ids, index, cache, cross_key_values, src_mask):
+        """Next-token logits for the tokens at position `index`: (batch,) ids -> ((batch, tgt_vocab), cache)."""
+        x = self.embed(self.target_token_embedding(), token_ids[:, None])  # (batch, 1, d_model)
+        x, cache = self.decoder.step(x, cache, index, cross_key_values, src_mask)
+        return self.logits(x)[:, 0], cache
 
     def forward(self, src_ids, tgt_ids):
         """Teacher-forced logits: (batch, src_len), (batch, tgt_len) -> (batch, tgt_len, tgt_vocab)."""
