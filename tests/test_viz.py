@@ -1,0 +1,259 @@
+"""Visualisation: attention weights come from the model's own forward pass, the plotted data equal the project's
+functions, PNG files are written, and the `viz` command's subcommands and errors."""
+
+import dataclasses
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jax_transformer import viz
+from jax_transformer.config import Config, DataConfig, TrainConfig, model_preset
+from jax_transformer.model import Transformer, padding_mask, sinusoidal_positions
+from jax_transformer.train_lib import learning_rate_schedule
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+SRC = [5, 6, 7, 8, 9, 3, 0, 0]  # 6 real tokens (EOS = 3 last), then 2 padding
+TGT = [2, 11, 12, 13, 14]  # decoder input: BOS first
+SRC_TOKENS = ["▁A", "▁dog", "▁runs", "$x", "▁.", "</s>", "<pad>", "<pad>"]
+TGT_TOKENS = ["<s>", "▁Ein", "▁Hund", "▁rennt", "▁."]
+
+
+def assert_png(path):
+    assert os.path.isfile(path), path
+    with open(path, "rb") as f:
+        head = f.read(8)
+    assert head == PNG_SIGNATURE and os.path.getsize(path) > 1000, path
+
+
+def tiny_model(**options):
+    config = model_preset("test", vocab_size=30, dropout=0.3, attention_dropout=0.2, **options)
+    return Transformer(config, rngs=nnx.Rngs(0))
+
+
+@pytest.fixture(scope="module")
+def maps():
+    return viz.attention_maps(tiny_model(), SRC, TGT)
+
+
+def test_attention_shapes_rows_sum_to_one_and_masks(maps):
+    assert maps["encoder_self"].shape == (2, 4, 8, 8)
+    assert maps["decoder_self"].shape == (2, 4, 5, 5)
+    assert maps["cross"].shape == (2, 4, 5, 8)
+    for kind, weights in maps.items():
+        assert weights.dtype == np.float32 and np.all(weights >= 0), kind
+        np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5, err_msg=kind)  # over the unmasked keys
+    for kind in ("encoder_self", "cross"):  # padding keys get no weight
+        assert np.all(maps[kind][..., 6:] == 0.0), kind
+        assert np.all(maps[kind][..., :6] > 0.0), kind
+    future = np.triu(np.ones((5, 5), bool), k=1)
+    assert np.all(maps["decoder_self"][..., future] == 0.0)  # no position sees a later one
+    assert np.all(maps["decoder_self"][..., ~future] > 0.0)
+    np.testing.assert_allclose(maps["decoder_self"][..., 0, 0], 1.0)  # BOS sees only itself
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"norm_position": "pre", "positional": "learned", "share_embeddings": False, "tie_output": False,
+     "target_vocab_size": 40}],
+)  # fmt: skip
+def test_walk_reproduces_the_model_and_leaves_its_mode(options):
+    model = tiny_model(**options)  # in training mode, with dropout: the walk must use an eval-mode copy
+    maps, logits = viz.run_with_attention(model, jnp.array([SRC]), jnp.array(TGT))
+    assert not model.encoder.dropout.deterministic  # the caller's model was not switched to eval mode
+    model.eval()
+    expected = np.asarray(model(jnp.array([SRC]), jnp.array([TGT]))[0])
+    assert logits.shape == (5, model.config.tgt_vocab_size)
+    np.testing.assert_allclose(logits, expected, atol=1e-5)
+    # The first encoder layer's weights are those of its own attention module on the embedded source.
+    src = jnp.array([SRC])
+    x = model.encoder.embed_positions(model.embed(model.source_embedding, src))
+    layer = model.encoder.layers[0]
+    h = layer.self_attn_norm(x) if model.config.norm_position == "pre" else x
+    _, weights = layer.self_attn(h, h, padding_mask(src, 0))
+    np.testing.assert_allclose(maps["encoder_self"][0], weights[0], atol=1e-6)
+
+
+def test_walk_that_diverges_from_the_model_is_refused(monkeypatch):
+    forward = Transformer.__call__
+    monkeypatch.setattr(Transformer, "__call__", lambda self, src, tgt: forward(self, src, tgt) + 0.01)
+    with pytest.raises(RuntimeError, match="no longer reproduces"):
+        viz.attention_maps(tiny_model(), SRC, TGT)
+
+
+def test_walk_refuses_a_batch():
+    with pytest.raises(ValueError, match="one non-empty sentence"):
+        viz.attention_maps(tiny_model(), [SRC, SRC], [TGT, TGT])
+
+
+def test_plot_attention_writes_one_png_per_kind(maps, tmp_path):
+    written = viz.plot_attention(maps, SRC_TOKENS, TGT_TOKENS, str(tmp_path / "all"))
+    assert {k: os.path.basename(p) for k, p in written.items()} == {
+        "encoder_self": "encoder_self.png", "decoder_self": "decoder_self.png", "cross": "cross.png"
+    }  # fmt: skip
+    for path in written.values():
+        assert_png(path)
+    one = viz.plot_attention(maps, SRC_TOKENS, TGT_TOKENS, str(tmp_path / "one"), layer=-1)
+    assert sorted(os.path.basename(p) for p in one.values()) == [
+        "cross_layer1.png", "decoder_self_layer1.png", "encoder_self_layer1.png"
+    ]  # fmt: skip
+    for path in one.values():
+        assert_png(path)
+    with pytest.raises(ValueError, match="do not fit"):
+        viz.plot_attention(maps, SRC_TOKENS[:-1], TGT_TOKENS, str(tmp_path / "bad"))
+    with pytest.raises(ValueError, match="out of range"):
+        viz.plot_attention(maps, SRC_TOKENS, TGT_TOKENS, str(tmp_path / "bad"), layer=2)
+
+
+@pytest.mark.parametrize("layout", ["interleaved", "concatenated"])
+def test_positional_encoding_plot_is_the_model_table(layout, tmp_path):
+    path = str(tmp_path / "positions.png")
+    table = viz.plot_positional_encoding(50, 32, layout, path)
+    np.testing.assert_array_equal(table, sinusoidal_positions(50, 32, layout))
+    assert_png(path)
+
+
+@pytest.mark.parametrize("schedule", ["noam", "cosine"])
+def test_lr_schedule_plot_is_the_training_schedule(schedule, tmp_path):
+    peak = 2.0 if schedule == "noam" else 1e-3
+    train = TrainConfig(steps=5000, schedule=schedule, warmup_steps=400, learning_rate=peak)
+    config = Config(name="t", model=model_preset("test", vocab_size=30), train=train)
+    path = str(tmp_path / "schedule.png")
+    steps, lrs = viz.plot_lr_schedule(config, path, points=300)
+    assert steps[0] == 1 and steps[-1] == 5000 and np.all(np.diff(steps) > 0) and 400 in steps
+    fn = learning_rate_schedule(train, 32)
+    for i in (0, 17, len(steps) // 2, len(steps) - 1, int(np.where(steps == 400)[0][0])):
+        assert lrs[i] == pytest.approx(float(fn(steps[i] - 1)), rel=1e-6)  # update n uses schedule(n - 1)
+    dense = np.asarray(fn(jnp.arange(5000)))
+    assert lrs.max() == pytest.approx(dense.max(), rel=1e-6)  # the peak at the end of the warmup is drawn
+    assert steps[np.argmax(lrs)] == np.argmax(dense) + 1
+    assert_png(path)
+
+
+def write_metrics(run_dir, records):
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+
+
+def test_training_curves_from_metrics_jsonl(tmp_path):
+    run = str(tmp_path / "run")
+    train = lambda step, time, loss: {"kind": "train", "step": step, "time": time, "loss": loss, "lr": step * 1e-4}
+    records = [
+        train(10, 60.0, 5.0), train(20, 120.0, 4.0), {"kind": "valid", "step": 20, "time": 130.0, "loss": 4.5,
+        "bleu": 3.0}, train(30, 180.0, 3.5),  # interrupted here; the resumed run restarts from step 20 at time 0
+        train(30, 50.0, 3.4), train(40, 110.0, 3.0),
+        {"kind": "valid", "step": 40, "time": 120.0, "loss": 3.5, "bleu": 7.5}, {"kind": "valid", "step": 50,
+        "time": 170.0, "loss": 3.3},  # a validation without BLEU
+    ]  # fmt: skip
+    write_metrics(run, records)
+    path = str(tmp_path / "curves.png")
+    series = viz.plot_training_curves(run, path)
+    assert_png(path)
+    np.testing.assert_array_equal(series["train_step"], [10, 20, 30, 40])
+    np.testing.assert_allclose(series["train_loss"], [5.0, 4.0, 3.4, 3.0])  # repeated step 30: the latest record
+    np.testing.assert_allclose(series["train_lr"], [1e-3, 2e-3, 3e-3, 4e-3])
+    np.testing.assert_allclose(series["train_minutes"], np.array([60, 120, 180 + 50, 180 + 110]) / 60)
+    np.testing.assert_array_equal(series["valid_step"], [20, 40, 50])
+    np.testing.assert_allclose(series["valid_loss"], [4.5, 3.5, 3.3])
+    np.testing.assert_allclose(series["valid_bleu"], [3.0, 7.5, np.nan])
+    np.testing.assert_allclose(series["valid_minutes"], np.array([130, 180 + 120, 180 + 170]) / 60)
+
+
+def test_confusion_matrix(tmp_path):
+    matrix = np.array([[50, 3, 2], [4, 40, 6], [0, 7, 33]])
+    path = str(tmp_path / "confusion.png")
+    plotted = viz.plot_confusion_matrix(matrix, ["positive", "negative", "neutral"], path)
+    np.testing.assert_array_equal(plotted, matrix)
+    assert_png(path)
+    with pytest.raises(ValueError, match="3 x 3"):
+        viz.plot_confusion_matrix(matrix[:2], ["a", "b", "c"], path)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The command
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A self-contained model directory: a random tiny model and a small sentencepiece vocabulary."""
+    from jax_transformer.inference import Translator, save_model_dir
+    from jax_transformer.tokenizer import train_tokenizer
+
+    root = tmp_path_factory.mktemp("viz_model")
+    words = "a the dog cat runs sits on under red blue house tree man woman ball".split()
+    rng = np.random.default_rng(0)
+    sentences = [" ".join(rng.choice(words, size=rng.integers(3, 9))) for _ in range(300)]
+    tokenizer = train_tokenizer(sentences, str(root / "spm.model"), DataConfig(vocab_size=50))
+    model_config = model_preset("test", vocab_size=tokenizer.vocab_size, max_len=64)
+    config = Config(name="viz", model=model_config)
+    config = dataclasses.replace(config, decode=dataclasses.replace(config.decode, max_extra_len=6))
+    translator = Translator(config, Transformer(model_config, rngs=nnx.Rngs(1)), tokenizer)
+    save_model_dir(translator, str(root / "model"))
+    return str(root / "model")
+
+
+def test_cli_attention(model_dir, tmp_path, capsys):
+    out = str(tmp_path / "greedy")
+    assert viz.main(["attention", model_dir, "--src", "the dog runs", "--out", out]) == 0
+    assert "greedy translation" in capsys.readouterr().out
+    for name in ("encoder_self.png", "decoder_self.png", "cross.png"):
+        assert_png(os.path.join(out, name))
+    out = str(tmp_path / "given")
+    assert (
+        viz.main(["attention", model_dir, "--src", "a cat", "--tgt", "a red ball", "--out", out, "--layer", "1"]) == 0
+    )
+    assert sorted(os.listdir(out)) == ["cross_layer1.png", "decoder_self_layer1.png", "encoder_self_layer1.png"]
+
+
+def test_cli_positions_schedule_curves(tmp_path, capsys):
+    out = str(tmp_path / "positions.png")
+    assert viz.main(["positions", "--d-model", "16", "--length", "20", "--layout", "concatenated", "--out", out]) == 0
+    assert_png(out)
+    out = str(tmp_path / "schedule.png")
+    assert viz.main(["schedule", "--config", "configs/tiny.py", "--config.train.steps=50", "--out", out]) == 0
+    assert "peak learning rate 0.001 at update 5" in capsys.readouterr().out
+    assert_png(out)
+    run = str(tmp_path / "run")
+    write_metrics(run, [{"kind": "train", "step": 5, "time": 1.0, "loss": 3.0, "lr": 1e-3}])
+    out = str(tmp_path / "curves.png")
+    assert viz.main(["curves", run, "--out", out]) == 0
+    assert_png(out)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["curves", "{tmp}", "--out", "{tmp}/c.png"], "has no training metrics"),
+        (["curves", "{tmp}/missing", "--out", "{tmp}/c.png"], "is not a directory"),
+        (["attention", "{tmp}", "--src", "a dog", "--out", "{tmp}/a"], "is not a run or model directory"),
+        (["schedule", "--config", "{tmp}/none.py", "--out", "{tmp}/s.png"], "does not exist"),
+        (["schedule", "--config", "configs/tiny.py", "--config.train.stepz=5", "--out", "{tmp}/s.png"], "stepz"),
+        (["positions", "--d-model", "0", "--out", "{tmp}/p.png"], "must be positive"),
+    ],
+)
+def test_cli_user_errors_are_one_line(argv, message, tmp_path, capsys):
+    assert viz.main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_cli_attention_user_errors(model_dir, tmp_path, capsys):
+    assert viz.main(["attention", model_dir, "--src", " ", "--out", str(tmp_path)]) == 1
+    assert "--src is empty" in capsys.readouterr().err
+    argv = ["attention", model_dir, "--src", "a dog", "--tgt", "a cat", "--layer", "5", "--out", str(tmp_path)]
+    assert viz.main(argv) == 1
+    assert "--layer 5 is out of range" in capsys.readouterr().err
+    assert not os.listdir(tmp_path)
+
+
+def test_cli_help_of_each_command(capsys):
+    for command in ("attention", "positions", "schedule", "curves"):
+        with pytest.raises(SystemExit) as exit_info:
+            viz.main([command, "--help"])
+        assert exit_info.value.code == 0
+        assert "--out" in capsys.readouterr().out
