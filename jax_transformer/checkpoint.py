@@ -39,7 +39,8 @@ class Checkpointer:
             create=not read_only,
             read_only=read_only,
         )
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+        handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
@@ -57,7 +58,8 @@ class Checkpointer:
         self.manager.wait_until_finished()
 
     def restore(self, step: int, abstract_state):
-        """Restore checkpoint `step` into the structure/shardings of `abstract_state` (e.g. from `jax.eval_shape`)."""
+        """Restore checkpoint `step` into the structure and shardings of `abstract_state` (arrays, or
+        `jax.ShapeDtypeStruct`s with shardings): a checkpoint written on one device mesh restores onto any other."""
         abstract_state = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
         try:
             restored = self.manager.restore(
@@ -72,8 +74,12 @@ class Checkpointer:
         return restored["state"], restored["meta"]
 
     def restore_arrays(self, step: int):
-        """Checkpoint `step`'s state as plain nested dicts of arrays, without a target structure (for inspection)."""
-        return self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+        """Checkpoint `step`'s state as plain nested dicts of arrays, without a target structure (for inspection,
+        averaging, inference and export), on this process's first device, whatever mesh of devices wrote it."""
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        metadata = self.manager.item_metadata(step)["state"].tree  # shapes and dtypes of what was saved
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
+        return self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
 
     def restore_meta(self, step: int) -> dict:
         return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]

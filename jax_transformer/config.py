@@ -1,6 +1,6 @@
 """Typed, validated configuration.
 
-Every run is described by one `Config` (model, data, train, decode). A recipe is a small Python file in `configs/`
+Every run is described by one `Config` (model, data, train, decode, mesh). A recipe is a small Python file in `configs/`
 defining `get_config() -> Config`; the command line overrides single fields with dotted keys
 (`--config.model.d_model=256`). Unknown keys, wrong types and out-of-range values raise `ConfigError` naming the
 key, so a typo never silently trains the wrong model. The resolved config is written as `config.json` into every
@@ -244,6 +244,36 @@ class DecodeConfig:
 
 
 @dataclass
+class MeshConfig:
+    """How one run spreads over devices and hosts (see `sharding.py`). The defaults train on every visible device
+    with pure data parallelism, which is plain single-device training when there is one device."""
+
+    data: int = -1  # devices along the 'data' axis (batch rows are split over it); -1: all the devices `model` leaves
+    model: int = 1  # devices along the 'model' axis: tensor parallelism of attention heads and the FFN (Megatron)
+    fsdp: bool = False  # also shard parameters and optimizer state over 'data' (fully sharded data parallel)
+    # Multi-host (one process per host or per GPU): jax.distributed.initialize with these, else with the
+    # environment (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID), else auto-detected on SLURM, Open MPI
+    # and Cloud TPU. All empty / 0 / -1 with none of those set: a single process, no initialization.
+    coordinator_address: str = ""  # host:port of process 0
+    num_processes: int = 0  # 0: from the environment
+    process_id: int = -1  # -1: from the environment
+
+    def __post_init__(self):
+        _require(self.data == -1 or self.data > 0, f"mesh.data must be positive or -1 (all devices), got {self.data}")
+        _require(self.model > 0, f"mesh.model must be positive, got {self.model}")
+        _require(self.num_processes >= 0, f"mesh.num_processes must be >= 0, got {self.num_processes}")
+        _require(self.process_id >= -1, f"mesh.process_id must be >= 0 or -1, got {self.process_id}")
+        _require(
+            not self.num_processes or self.process_id < self.num_processes,
+            f"mesh.process_id={self.process_id} must be below mesh.num_processes={self.num_processes}",
+        )
+        _require(
+            not self.coordinator_address or ":" in self.coordinator_address,
+            f"mesh.coordinator_address={self.coordinator_address!r} must look like host:port",
+        )
+
+
+@dataclass
 class Config:
     name: str = "run"
     run_dir: str = ""  # default: runs/{name}
@@ -252,6 +282,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
 
     def __post_init__(self):
         _require(bool(self.name), "name must not be empty")

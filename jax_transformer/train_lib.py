@@ -3,7 +3,9 @@
 The model is split once into a static graph definition and a pytree of parameters; the steps are pure functions of
 (parameters, optimizer state, batch) compiled with `jax.jit`, with the training state donated so XLA updates it in
 place. Dropout keys are `fold_in(key(seed), step)`: a pure function of the step, so a resumed run draws exactly the
-masks an uninterrupted one would. The training loop that drives these steps lives in `trainer.py`.
+masks an uninterrupted one would. The steps are compiled over a device mesh with explicit in/out shardings (batch rows
+over 'data', parameters and optimizer state by the rules of `sharding.py`); on one device that is plain jit. The
+training loop that drives these steps lives in `trainer.py`.
 """
 
 import zlib
@@ -12,7 +14,9 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import Mesh
 
+from . import sharding
 from .config import Config, TrainConfig
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -112,10 +116,14 @@ def _per_module_key(path: tuple, key, shape):
 
 
 class Steps:
-    """The jitted functions of one model + optimizer. `state` is a dict pytree:
-    params (nnx.State), opt_state, step (int32), nonfinite_step (int32, -1 while every update was finite)."""
+    """The jitted functions of one model + optimizer over a device mesh. `state` is a dict pytree:
+    params (nnx.State), opt_state, step (int32), nonfinite_step (int32, -1 while every update was finite).
 
-    def __init__(self, config: Config, model: nnx.Module):
+    `mesh` defaults to `sharding.make_mesh(config.mesh)` (all devices, data parallel). The state lives on the mesh as
+    `state_sharding` says; a batch is either a numpy batch whose rows the 'data' axis divides (one process), or
+    comes from `shard_batch` (any batch, any number of processes); metrics come back replicated."""
+
+    def __init__(self, config: Config, model: nnx.Module, mesh: Mesh | None = None):
         self.config = config
         self.pad_id = config.model.pad_id
         self.smoothing = config.train.label_smoothing
@@ -123,21 +131,45 @@ class Steps:
         self.schedule = learning_rate_schedule(config.train, config.model.d_model)
         self.base_key = jax.random.key(config.seed)
         model.train()
-        self.train_graphdef, _, self.rng_state = nnx.split(model, nnx.Param, ...)
+        self.train_graphdef, model_params, self.rng_state = nnx.split(model, nnx.Param, ...)
         model.eval()
         self.eval_graphdef, _, _ = nnx.split(model, nnx.Param, ...)
-        self.train_step = jax.jit(self._train_step, donate_argnums=0)
-        self.accumulate = jax.jit(self._accumulate, donate_argnums=0)
-        self.apply_accumulated = jax.jit(self._apply_accumulated, donate_argnums=0)
-        self.eval_step = jax.jit(self._eval_step)
 
-    def init_state(self, params) -> dict:
+        self.mesh = sharding.make_mesh(config.mesh) if mesh is None else mesh
+        abstract_state = jax.eval_shape(self._init_state, model_params)
+        self.state_sharding = sharding.state_shardings(abstract_state, self.mesh, config)
+        self.params_sharding = self.state_sharding["params"]
+        self.batch_sharding = sharding.batch_sharding(self.mesh)
+        # jit with explicit shardings of every input and output (the "pjit" of the design card); state donated.
+        # Names below are shardings: of the state, the parameters, a batch, and replicated scalars.
+        state, params, batch = self.state_sharding, self.params_sharding, self.batch_sharding
+        scalar = sharding.replicated(self.mesh)
+        acc = (params, scalar)  # the accumulator: (gradient sums, metric sums)
+        jit = lambda fn, ins, outs, donate=(): jax.jit(fn, in_shardings=ins, out_shardings=outs, donate_argnums=donate)
+        self._init = jit(self._init_state, (params,), state)
+        self.train_step = jit(self._train_step, (state, batch), (state, scalar), donate=0)
+        self.accumulate = jit(self._accumulate, (acc, params, batch, scalar, scalar), acc, donate=0)
+        self.apply_accumulated = jit(self._apply_accumulated, (state, acc), (state, scalar), donate=0)
+        self.zero_accumulator = jit(self._zero_accumulator, (params,), acc)
+        self.eval_step = jit(self._eval_step, (params, batch), scalar)
+
+    def _init_state(self, params) -> dict:
         return {
             "params": params,
             "opt_state": self.tx.init(params),
             "step": jnp.zeros((), jnp.int32),
             "nonfinite_step": jnp.full((), -1, jnp.int32),
         }
+
+    def init_state(self, params) -> dict:
+        """The training state of freshly initialised `params` (held in full by every process), laid out on the mesh."""
+        return self._init(sharding.shard_state(params, self.params_sharding))
+
+    def shard_batch(self, batch: dict) -> dict:
+        """A global numpy batch (the same on every process) on the mesh: rows padded with all-padding rows to a
+        multiple of the 'data' axis, each process transferring only the rows its devices hold."""
+        batch = sharding.pad_rows(batch, self.mesh.shape[sharding.DATA])
+        return sharding.put_batch(batch, self.batch_sharding)
 
     def eval_model(self, params):
         return nnx.merge(self.eval_graphdef, params, self.rng_state)
@@ -188,7 +220,7 @@ class Steps:
         grads, sums = acc
         return self._apply(state, grads, sums)
 
-    def zero_accumulator(self, params):
+    def _zero_accumulator(self, params):
         zeros = {"loss": jnp.zeros(()), "nll": jnp.zeros(()), "tokens": jnp.zeros(())}
         return jax.tree.map(jnp.zeros_like, params), zeros
 

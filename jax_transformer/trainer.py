@@ -2,7 +2,8 @@
 
 `train(config)` starts a run in `config.directory` or resumes the one there: same command, same result. A run
 directory holds `config.json` (the resolved config), `spm.model`, `checkpoints/STEP/`, `metrics.jsonl` and
-TensorBoard events.
+TensorBoard events. The same function trains on one device or on a mesh of many devices and hosts (`config.mesh`,
+see `sharding.py`): every process runs it; process 0 alone writes config.json, the tokenizer and the logs.
 """
 
 import dataclasses
@@ -17,6 +18,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from . import data as data_lib
+from . import sharding
 from .checkpoint import Checkpointer
 from .config import Config, UserError
 from .inference import Translator
@@ -61,7 +63,8 @@ def prepare_run_dir(config: Config) -> bool:
 
 
 def _say(message: str) -> None:
-    tqdm.write(message, file=sys.stderr)
+    if sharding.is_main_process():
+        tqdm.write(message, file=sys.stderr)
 
 
 class TranslationData:
@@ -109,7 +112,8 @@ def _eval_batches(examples, max_tokens: int, config: Config):
 
 
 def evaluate_loss(steps: Steps, params, examples, config: Config) -> dict:
-    sums = [steps.eval_step(params, batch) for batch, _ in _eval_batches(examples, config.data.max_tokens, config)]
+    batches = _eval_batches(examples, config.data.max_tokens, config)
+    sums = [steps.eval_step(params, steps.shard_batch(batch)) for batch, _ in batches]
     total = sum_metrics(sums)
     tokens = max(total["tokens"], 1.0)
     return {
@@ -121,12 +125,19 @@ def evaluate_loss(steps: Steps, params, examples, config: Config) -> dict:
 
 def train(config: Config, *, crash_at_step: int | None = None) -> dict:
     """Train (or resume) the run described by `config`; returns the final metrics."""
+    sharding.initialize_distributed(config.mesh)  # several processes: connect them before anything uses a device
+    main = sharding.is_main_process()
     os.makedirs(config.directory, exist_ok=True)
+    # Process 0 goes first: it prepares the data, trains the tokenizer and writes config.json; the others then read.
+    if not main:
+        sharding.barrier("run_dir")
     data = TranslationData(config)  # reuses the run's spm.model when there is one: nothing is overwritten
     config = resolve_config(config, data.tokenizer)
     resuming = prepare_run_dir(config)  # refuses a run directory made by an incompatible config
-    if not resuming:
+    if not resuming and main:
         config.save(os.path.join(config.directory, "config.json"))
+    if main:
+        sharding.barrier("run_dir")
     tcfg = config.train
 
     model = Transformer(config.model, rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1))
@@ -136,19 +147,21 @@ def train(config: Config, *, crash_at_step: int | None = None) -> dict:
     del model
     checkpoints = Checkpointer(os.path.join(config.directory, "checkpoints"), tcfg.keep_checkpoints, tcfg.keep_best)
     start = checkpoints.latest_step()
-    if start is not None:
+    if start is not None:  # onto this run's mesh, whatever mesh wrote it
         state, meta = checkpoints.restore(start, state)
         data.batches.restore(meta["data"])
         _say(f"resuming {config.directory} from step {start}")
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state["params"]))
     _say(f"model: {num_params:,} parameters; training to step {tcfg.steps:,}; run directory {config.directory}")
+    fsdp = " with FSDP" if config.mesh.fsdp else ""
+    _say(f"mesh: {dict(steps.mesh.shape)}{fsdp} over {steps.mesh.size} devices in {jax.process_count()} process(es)")
 
-    log = RunLog(config.directory)
+    log = RunLog(config.directory, enabled=main)
     step = int(state["step"])
     batch_iter = iter(data.batches)
     pending, real_tokens, window_start = [], 0, time.time()
     last = {}
-    progress = tqdm(total=tcfg.steps, initial=step, unit="step", dynamic_ncols=True, disable=None)
+    progress = tqdm(total=tcfg.steps, initial=step, unit="step", dynamic_ncols=True, disable=None if main else True)
 
     def save(evaluated=None):
         ranked = evaluated and tcfg.keep_best and tcfg.best_metric in evaluated  # orbax ranks by this to keep the best
@@ -160,13 +173,13 @@ def train(config: Config, *, crash_at_step: int | None = None) -> dict:
             if tcfg.grad_accum_steps == 1:
                 batch = next(batch_iter)
                 real_tokens += int((batch["src"] != 0).sum() + (batch["tgt_out"] != 0).sum())
-                state, metrics = steps.train_step(state, batch)
+                state, metrics = steps.train_step(state, steps.shard_batch(batch))
             else:
                 acc = steps.zero_accumulator(state["params"])
                 for micro in range(tcfg.grad_accum_steps):
                     batch = next(batch_iter)
                     real_tokens += int((batch["src"] != 0).sum() + (batch["tgt_out"] != 0).sum())
-                    acc = steps.accumulate(acc, state["params"], batch, state["step"], micro)
+                    acc = steps.accumulate(acc, state["params"], steps.shard_batch(batch), state["step"], micro)
                 state, metrics = steps.apply_accumulated(state, acc)
             step += 1
             pending.append(metrics)
