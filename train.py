@@ -5,7 +5,8 @@ Examples:
   python train.py --config configs/tiny.py --config.train.steps=100 --config.model.d_model=64
   python train.py --config runs/multi30k_en_de/config.json   # continue a run from its saved config
 
-Overrides use dotted keys of the config (sections: model, data, train, decode; top level: name, run_dir, seed).
+Overrides use dotted keys of the config (sections: model, data, train, decode, mesh; top level: name, run_dir,
+seed).
 Unknown keys and wrong types are refused. Re-running the same command resumes the run from its latest checkpoint.
 """
 

@@ -23,13 +23,25 @@ from .tokenizer import Tokenizer
 class Translator:
     """A model in eval mode + its tokenizer, with searches compiled once per batch shape."""
 
-    def __init__(self, config: Config, model: Transformer, tokenizer: Tokenizer):
+    def __init__(self, config: Config, model: Transformer, tokenizer: Tokenizer, mesh=None, params_sharding=None):
+        """With a `mesh` (and the parameters' shardings on it, e.g. the trainer's), the search is compiled with
+        explicit in/out shardings: parameters as laid out for training, batches and outputs replicated."""
         self.config, self.tokenizer = config, tokenizer
         model.eval()
         self.graphdef, self.params, self.rest = nnx.split(model, nnx.Param, ...)
-        self._search = jax.jit(self._search_impl, static_argnames=("beam_size", "max_len", "alpha"))
+        static = (4, 5, 6)  # beam_size, max_len, alpha (positional: jit with in_shardings takes no keywords)
+        if mesh is None:
+            self._search = jax.jit(self._search_impl, static_argnums=static)
+        else:
+            from . import sharding
 
-    def _search_impl(self, params, rest, src_ids, limits, *, beam_size, max_len, alpha):
+            whole = sharding.replicated(mesh)
+            self._search = jax.jit(
+                self._search_impl, static_argnums=static, out_shardings=whole,
+                in_shardings=(params_sharding, whole, whole, whole),
+            )  # fmt: skip
+
+    def _search_impl(self, params, rest, src_ids, limits, beam_size, max_len, alpha):
         model = nnx.merge(self.graphdef, params, jax.tree.map(jnp.asarray, rest))
         bos, eos = self.tokenizer.bos_id, self.tokenizer.eos_id
         if beam_size == 1:
@@ -42,7 +54,7 @@ class Translator:
         max_len = min(src_ids.shape[1] + dcfg.max_extra_len, self.config.model.max_len)
         limits = output_limits(jnp.asarray(src_ids), self.config.model.pad_id, dcfg.max_extra_len, max_len)
         params = self.params if params is None else params
-        out = self._search(params, self.rest, src_ids, limits, beam_size=beam_size, max_len=max_len, alpha=alpha)
+        out = self._search(params, self.rest, src_ids, limits, beam_size, max_len, alpha)
         return np.asarray(out)
 
     def translate_examples(self, examples, beam_size=None, alpha=None, params=None, progress=False) -> list[str]:

@@ -143,7 +143,8 @@ def train(config: Config, *, crash_at_step: int | None = None) -> dict:
     model = Transformer(config.model, rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1))
     steps = Steps(config, model)
     state = steps.init_state(nnx.state(model, nnx.Param))
-    translator = Translator(config, model, data.tokenizer)  # greedy validation BLEU, with the current parameters
+    # greedy validation BLEU with the current parameters, compiled over the training mesh
+    translator = Translator(config, model, data.tokenizer, steps.mesh, steps.params_sharding)
     del model
     checkpoints = Checkpointer(os.path.join(config.directory, "checkpoints"), tcfg.keep_checkpoints, tcfg.keep_best)
     start = checkpoints.latest_step()
