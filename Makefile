@@ -19,6 +19,8 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	$(PY) train.py --config configs/multi30k_en_de_demo.py
+	@echo "--- a few validation sentences, translated with beam search by the demo model:"
+	zcat data/multi30k/val.en.gz | head -n 3 | $(PY) -m jax_transformer.translate runs/multi30k_en_de_demo --beam 4
 
 train: setup
 	$(PY) train.py --config $(CONFIG)
