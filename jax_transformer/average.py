@@ -18,7 +18,7 @@ def average_run(run_dir: str, last: int, out_dir: str) -> list[int]:
 
     from .checkpoint import Checkpointer, average_params
     from .config import UserError
-    from .inference import _to_pure, load_translator, save_model_dir
+    from .inference import load_translator, save_model_dir
 
     if last < 1:
         raise UserError(f"--last must be at least 1, got {last}")
@@ -27,7 +27,7 @@ def average_run(run_dir: str, last: int, out_dir: str) -> list[int]:
     steps = sorted(checkpoints.all_steps())[-last:]
     if len(steps) < last:
         print(f"note: {run_dir} keeps {len(steps)} checkpoints; averaging those ({steps})", file=sys.stderr)
-    averaged = _to_pure(average_params(checkpoints, steps))
+    averaged = average_params(checkpoints, steps)
     nnx.replace_by_pure_dict(translator.params, averaged)
     save_model_dir(translator, out_dir, metadata={"averaged_steps": steps, "source_run": run_dir})
     return steps

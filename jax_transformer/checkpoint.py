@@ -74,18 +74,30 @@ class Checkpointer:
         return restored["state"], restored["meta"]
 
     def restore_arrays(self, step: int):
-        """Checkpoint `step`'s state as plain nested dicts of arrays, without a target structure (for inspection,
+        """Checkpoint `step`'s state as plain nested dicts of arrays (nnx "pure dicts": layer indices as ints, no
+        Variable wrappers), without a target structure (for inspection,
         averaging, inference and export), on this process's first device, whatever mesh of devices wrote it."""
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         metadata = self.manager.item_metadata(step)["state"].tree  # shapes and dtypes of what was saved
         target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
-        return self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+        restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+        return _plain(restored["state"])
 
     def restore_meta(self, step: int) -> dict:
         return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _plain(tree):
+    """orbax restores dicts with string keys and each nnx Variable as {'value': array}; nnx pure dicts (what
+    `nnx.replace_by_pure_dict` takes) index list layers by int and hold arrays."""
+    if isinstance(tree, dict) and set(tree) == {"value"} and not isinstance(tree["value"], dict):
+        return tree["value"]
+    if isinstance(tree, dict):
+        return {(int(k) if isinstance(k, str) and k.isdigit() else k): _plain(v) for k, v in tree.items()}
+    return tree
 
 
 def average_params(checkpointer: Checkpointer, steps: list[int]):

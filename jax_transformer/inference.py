@@ -125,20 +125,10 @@ def restore_params(checkpoints: Checkpointer, step: int, abstract_params):
     arrays = checkpoints.restore_arrays(step)["params"]
     target = jax.tree.map(lambda x: x, abstract_params)
     try:
-        nnx.replace_by_pure_dict(target, _to_pure(arrays))
+        nnx.replace_by_pure_dict(target, arrays)
     except (KeyError, ValueError, TypeError) as e:
         raise UserError(f"checkpoint {step} does not fit the model of config.json ({e})") from None
     return target
-
-
-def _to_pure(tree):
-    """orbax restores dicts with string keys and each variable as {'value': array}; nnx pure dicts index list layers
-    by int and hold arrays."""
-    if isinstance(tree, dict) and set(tree) == {"value"} and not isinstance(tree["value"], dict):
-        return tree["value"]
-    if isinstance(tree, dict):
-        return {(int(k) if isinstance(k, str) and k.isdigit() else k): _to_pure(v) for k, v in tree.items()}
-    return tree
 
 
 def save_model_dir(translator: Translator, out_dir: str, metadata: dict | None = None) -> None:

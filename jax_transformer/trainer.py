@@ -44,11 +44,10 @@ def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 
 def prepare_run_dir(config: Config) -> bool:
-    """Create the run directory, or check that the run already in it was made by a compatible config.
+    """Check that the run already in the run directory, if any, was made by a compatible config.
     Returns True when resuming. The model and data sections must match; train/decode settings may change."""
     path = os.path.join(config.directory, "config.json")
     if not os.path.exists(path):
-        os.makedirs(config.directory, exist_ok=True)
         return False
     old = Config.load(path)
     clash = _diff({"model": old.model.__dict__, "data": old.data.__dict__, "seed": old.seed},
@@ -161,6 +160,15 @@ def train(config: Config, *, crash_at_step: int | None = None) -> dict:
     step = int(state["step"])
     batch_iter = iter(data.batches)
     pending, real_tokens, window_start = [], 0, time.time()
+
+    def next_batch():
+        """The next batch on the mesh; counts its real (non-pad) source + target tokens for tokens/s."""
+        nonlocal real_tokens
+        batch = next(batch_iter)
+        pad = config.model.pad_id
+        real_tokens += int((batch["src"] != pad).sum() + (batch["tgt_out"] != pad).sum())
+        return steps.shard_batch(batch)
+
     last = {}
     progress = tqdm(total=tcfg.steps, initial=step, unit="step", dynamic_ncols=True, disable=None if main else True)
 
@@ -172,15 +180,11 @@ def train(config: Config, *, crash_at_step: int | None = None) -> dict:
     try:
         while step < tcfg.steps:
             if tcfg.grad_accum_steps == 1:
-                batch = next(batch_iter)
-                real_tokens += int((batch["src"] != 0).sum() + (batch["tgt_out"] != 0).sum())
-                state, metrics = steps.train_step(state, steps.shard_batch(batch))
+                state, metrics = steps.train_step(state, next_batch())
             else:
                 acc = steps.zero_accumulator(state["params"])
                 for micro in range(tcfg.grad_accum_steps):
-                    batch = next(batch_iter)
-                    real_tokens += int((batch["src"] != 0).sum() + (batch["tgt_out"] != 0).sum())
-                    acc = steps.accumulate(acc, state["params"], steps.shard_batch(batch), state["step"], micro)
+                    acc = steps.accumulate(acc, state["params"], next_batch(), state["step"], micro)
                 state, metrics = steps.apply_accumulated(state, acc)
             step += 1
             pending.append(metrics)
