@@ -22,7 +22,7 @@ from . import sharding
 from .checkpoint import Checkpointer
 from .config import Config, UserError
 from .inference import Translator
-from .metrics import bleu
+from .metrics import bleu, lc_tok_bleu
 from .model import Transformer
 from .run_log import RunLog
 from .train_lib import Steps, sum_metrics
@@ -242,6 +242,8 @@ def evaluate(
         n = tcfg.bleu_max_sentences or len(data.valid_examples)
         hypotheses = translator.translate_examples(data.valid_examples[:n], beam_size=1, params=params)
         result["bleu"] = bleu(hypotheses, data.valid_references[:n])[0].score
+        # The Multi30k literature's recipe (lowercased, Moses-tokenized) on the same output, for time-to-quality curves.
+        result["lc_tok_bleu"] = lc_tok_bleu(hypotheses, data.valid_references[:n], config.data.tgt_lang)[0].score
     log.write("valid", step, result)
     shown = ", ".join(f"{k} {v:.3f}" for k, v in result.items())
     _say(f"step {step} validation: {shown} ({time.time() - started:.1f}s)")
