@@ -61,6 +61,8 @@ class ModelConfig:
     tie_output: bool = True  # pre-softmax projection = target embedding transposed (§3.4)
     use_bias: bool = True  # biases in the attention projections
     scale_embeddings: bool = True  # multiply embeddings by sqrt(d_model) (§3.4)
+    type_vocab_size: int = 0  # BERT token-type (segment) embeddings of encoder-only models; 0: none
+    embedding_norm: bool = False  # LayerNorm on embeddings + positions before dropout (BERT); the paper has none
     pad_id: int = 0
     dtype: str = "float32"  # computation dtype ('bfloat16' for mixed precision)
     param_dtype: str = "float32"  # parameter storage dtype
@@ -72,10 +74,14 @@ class ModelConfig:
             "num_heads",
             "d_ff",
             "num_encoder_layers",
-            "num_decoder_layers",
             "max_len",
         ):
             _require(getattr(self, key) > 0, f"model.{key} must be positive, got {getattr(self, key)}")
+        # 0 decoder layers: an encoder-only model (EncoderClassifier); a Transformer needs at least one
+        _require(self.num_decoder_layers >= 0, (
+            f"model.num_decoder_layers must be positive (or 0 for encoder-only models), got {self.num_decoder_layers}"
+        ))
+        _require(self.type_vocab_size >= 0, f"model.type_vocab_size must be >= 0, got {self.type_vocab_size}")
         _require(self.target_vocab_size >= 0, f"model.target_vocab_size must be >= 0, got {self.target_vocab_size}")
         _require(
             self.d_model % self.num_heads == 0,
@@ -153,6 +159,12 @@ class DataConfig:
     spm_max_sentences: int = 2_000_000  # sentences sampled to train the vocabulary
     # batching
     max_len: int = 128  # longest training pair in tokens (EOS included); longer ones are dropped and counted
+    # > 0: sources longer than this many tokens (EOS included) are cut to their first max_source_len - 1 tokens + EOS,
+    # in training, validation and at inference, and counted (summarization of long documents); 0: never truncated
+    max_source_len: int = 0
+    # jsonl: a field holding a list of reference texts per example, used by evaluate for multi-reference scores
+    # (DialogSum test: 'references', 3 summaries each); '': the target field is the only reference
+    references_field: str = ""
     max_tokens: int = 4096  # token budget of one batch: max(src, tgt) padded length x sentences (§5.1)
     # padded lengths are multiples of this, so jit sees few shapes; on Multi30k (max_tokens 4096) step 4 gives ~88%
     # real tokens with ~24 shapes, step 8 ~80% with ~13 (rounding up to 8 wastes ~3.5 tokens of a ~16-token sentence)
@@ -178,6 +190,15 @@ class DataConfig:
         _require(
             self.max_tokens >= self.max_len,
             f"data.max_tokens={self.max_tokens} must be >= data.max_len={self.max_len} (one sentence per batch)",
+        )
+        _require(self.max_source_len >= 0, f"data.max_source_len must be >= 0, got {self.max_source_len}")
+        _require(
+            self.max_source_len == 0 or 2 <= self.max_source_len <= self.max_len,
+            f"data.max_source_len={self.max_source_len} must be 0 (off) or in [2, data.max_len={self.max_len}]",
+        )
+        _require(
+            not self.references_field or self.format == "jsonl",
+            f"data.references_field={self.references_field!r} needs data.format='jsonl', got {self.format!r}",
         )
 
 
@@ -235,8 +256,16 @@ class DecodeConfig:
     alpha: float = 0.6  # GNMT length penalty exponent
     max_extra_len: int = 50  # output may be this much longer than the source
     max_tokens: int = 8192  # token budget of a decoding batch
+    min_len: int = 0  # EOS is banned until this many tokens were produced (unless the length limit forces it); 0: off
+    no_repeat_ngram_size: int = 0  # n > 0: no n-gram occurs twice in an output (tokens completing one are banned)
+    metric: str = "bleu"  # what evaluate and validation decoding score: 'bleu' (translation) or 'rouge' (summaries)
 
     def __post_init__(self):
+        _require(self.min_len >= 0, f"decode.min_len must be >= 0, got {self.min_len}")
+        _require(
+            self.no_repeat_ngram_size >= 0, f"decode.no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}"
+        )
+        _one_of(self.metric, ("bleu", "rouge"), "decode.metric")
         _require(self.beam_size > 0, f"decode.beam_size must be positive, got {self.beam_size}")
         _require(self.alpha >= 0, f"decode.alpha must be >= 0, got {self.alpha}")
         _require(self.max_extra_len > 0, f"decode.max_extra_len must be positive, got {self.max_extra_len}")

@@ -248,8 +248,8 @@ class DecoderLayer(EncoderLayer):
 
 
 class Encoder(nnx.Module):
-    """Positions + dropout on the (scaled) token embeddings, then N encoder layers (plus a final LayerNorm when
-    pre-norm, since pre-norm layers leave their output unnormalised)."""
+    """Positions (+ LayerNorm when `embedding_norm`, as BERT) + dropout on the (scaled) token embeddings, then N
+    encoder layers (plus a final LayerNorm when pre-norm, since pre-norm layers leave their output unnormalised)."""
 
     def __init__(self, config: ModelConfig, layer_cls=EncoderLayer, num_layers=None, *, rngs):
         self.config = config
@@ -258,13 +258,14 @@ class Encoder(nnx.Module):
                 config.max_len, config.d_model, dtype=config.dtype, param_dtype=config.param_dtype,
                 embedding_init=embedding_init(config.d_model), rngs=rngs,
             )  # fmt: skip
+        self.embedding_norm = _layer_norm(config, rngs) if config.embedding_norm else None
         self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
         num_layers = config.num_encoder_layers if num_layers is None else num_layers
         self.layers = nnx.List([layer_cls(config, rngs=rngs) for _ in range(num_layers)])
         self.final_norm = _layer_norm(config, rngs) if config.norm_position == "pre" else None
 
     def embed_positions(self, x, offset=0):
-        """§3.5: add positional encodings for positions offset .. offset+len-1, then dropout (§5.4)."""
+        """§3.5: add positional encodings for positions offset .. offset+len-1, (LayerNorm,) then dropout (§5.4)."""
         length = x.shape[1]
         if length > self.config.max_len or (isinstance(offset, int) and offset + length > self.config.max_len):
             raise ValueError(f"positions up to {offset} + {length} exceed model.max_len={self.config.max_len}")
@@ -273,7 +274,10 @@ class Encoder(nnx.Module):
         else:
             table = sinusoidal_positions(self.config.max_len, self.config.d_model, self.config.sinusoidal_layout)
             positions = jax.lax.dynamic_slice_in_dim(jnp.asarray(table), offset, length, axis=0)
-        return self.dropout(x + positions.astype(x.dtype)[None])
+        x = x + positions.astype(x.dtype)[None]
+        if self.embedding_norm is not None:
+            x = self.embedding_norm(x)
+        return self.dropout(x)
 
     def __call__(self, x, mask):  # (batch, src_len, d_model) token embeddings -> (batch, src_len, d_model)
         x = self.embed_positions(x)
@@ -375,6 +379,54 @@ class Transformer(nnx.Module):
         """Teacher-forced logits: (batch, src_len), (batch, tgt_len) -> (batch, tgt_len, tgt_vocab)."""
         memory, src_mask = self.encode(src_ids)
         return self.decode(tgt_ids, memory, src_mask)
+
+
+class EncoderClassifier(nnx.Module):
+    """An encoder-only model (BERT-style: the §3.1 encoder stack alone) with a sequence classification head.
+
+    Token embeddings (+ token-type embeddings when `type_vocab_size` > 0) go through the `Encoder` (learned or
+    sinusoidal positions, optional embedding LayerNorm); the head pools the final hidden states, `pooling` 'mean'
+    (the average over real tokens, what sentence-transformers models such as all-MiniLM-L6-v2 were trained for) or
+    'cls' (the first token), then dropout and one linear layer to `num_labels` logits.
+    """
+
+    def __init__(self, config: ModelConfig, num_labels: int, *, pooling="mean", classifier_dropout=0.1, rngs):
+        self.config = config
+        self.pooling = pooling
+        embed = functools.partial(
+            nnx.Embed, features=config.d_model, dtype=config.dtype, param_dtype=config.param_dtype,
+            embedding_init=embedding_init(config.d_model), rngs=rngs,
+        )  # fmt: skip
+        self.token_embedding = embed(config.vocab_size)
+        self.token_type_embedding = embed(config.type_vocab_size) if config.type_vocab_size else None
+        self.encoder = Encoder(config, rngs=rngs)
+        self.classifier_dropout = nnx.Dropout(classifier_dropout, rngs=rngs)
+        self.classifier = nnx.Linear(  # in fp32 (the pooled features are fp32) also under bf16 compute
+            config.d_model, num_labels, param_dtype=config.param_dtype, kernel_init=LINEAR_INIT, rngs=rngs
+        )
+
+    def encode(self, ids, token_types=None):
+        """(batch, len) ids (and token types, default 0) -> hidden states (batch, len, d_model), mask (batch, 1, 1,
+        len)."""
+        mask = padding_mask(ids, self.config.pad_id)
+        x = self.token_embedding(ids)
+        if self.config.scale_embeddings:
+            x = x * jnp.asarray(math.sqrt(self.config.d_model), x.dtype)
+        if self.token_type_embedding is not None:
+            x = x + self.token_type_embedding(jnp.zeros_like(ids) if token_types is None else token_types)
+        return self.encoder(x, mask), mask
+
+    def pool(self, hidden, mask):  # (batch, len, d_model), (batch, 1, 1, len) -> (batch, d_model) in fp32
+        hidden = hidden.astype(jnp.float32)
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        weights = mask[:, 0, 0, :, None].astype(jnp.float32)  # (batch, len, 1)
+        return jnp.sum(hidden * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
+
+    def __call__(self, ids, token_types=None):
+        """(batch, len) ids -> class logits (batch, num_labels), fp32."""
+        pooled = self.pool(*self.encode(ids, token_types))
+        return self.classifier(self.classifier_dropout(pooled)).astype(jnp.float32)
 
 
 def count_parameters(model: nnx.Module) -> int:

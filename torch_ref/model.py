@@ -224,7 +224,8 @@ class DecoderLayer(EncoderLayer):
 
 
 class Encoder(nn.Module):
-    """Positions + dropout on the (scaled) token embeddings, then N encoder layers (+ final LayerNorm when pre-norm)."""
+    """Positions (+ LayerNorm when `embedding_norm`) + dropout on the (scaled) token embeddings, then N encoder layers
+    (+ final LayerNorm when pre-norm)."""
 
     def __init__(self, config, layer_cls=EncoderLayer, num_layers=None):
         super().__init__()
@@ -234,13 +235,15 @@ class Encoder(nn.Module):
         else:
             table = sinusoidal_positions(config.max_len, config.d_model, config.sinusoidal_layout)
             self.register_buffer("sinusoid_table", torch.from_numpy(table), persistent=False)
+        # configs exported before the option existed have no `embedding_norm`
+        self.embedding_norm = _layer_norm(config) if getattr(config, "embedding_norm", False) else None
         self.dropout = nn.Dropout(config.dropout)
         num_layers = config.num_encoder_layers if num_layers is None else num_layers
         self.layers = nn.ModuleList([layer_cls(config) for _ in range(num_layers)])
         self.final_norm = _layer_norm(config) if config.norm_position == "pre" else None
 
     def embed_positions(self, x, offset=0):
-        """§3.5: add positional encodings for positions offset .. offset+len-1, then dropout (§5.4)."""
+        """§3.5: add positional encodings for positions offset .. offset+len-1, (LayerNorm,) then dropout (§5.4)."""
         length = x.shape[1]
         if length > self.config.max_len:
             raise ValueError(f"sequence length {length} exceeds model.max_len={self.config.max_len}")
@@ -248,7 +251,10 @@ class Encoder(nn.Module):
             positions = self.position_embedding(offset + torch.arange(length, device=x.device))
         else:
             positions = self.sinusoid_table[offset : offset + length]
-        return self.dropout(x + positions.to(x.dtype)[None])
+        x = x + positions.to(x.dtype)[None]
+        if self.embedding_norm is not None:
+            x = self.embedding_norm(x)
+        return self.dropout(x)
 
     def forward(self, x, mask):  # (batch, src_len, d_model) token embeddings -> (batch, src_len, d_model)
         x = self.embed_positions(x)
@@ -348,6 +354,45 @@ class Transformer(nn.Module):
         """Teacher-forced logits: (batch, src_len), (batch, tgt_len) -> (batch, tgt_len, tgt_vocab)."""
         memory, src_mask = self.encode(src_ids)
         return self.decode(tgt_ids, memory, src_mask)
+
+
+class EncoderClassifier(nn.Module):
+    """An encoder-only model (BERT-style) with a sequence classification head; see the JAX class of the same name.
+    `pooling` 'mean' averages the final hidden states over real tokens, 'cls' takes the first token."""
+
+    def __init__(self, config, num_labels: int, *, pooling="mean", classifier_dropout=0.1):
+        super().__init__()
+        self.config = config
+        self.pooling = pooling
+        type_vocab_size = getattr(config, "type_vocab_size", 0)
+        self.token_embedding = nn.Embedding(config.vocab_size, config.d_model)
+        self.token_type_embedding = nn.Embedding(type_vocab_size, config.d_model) if type_vocab_size else None
+        self.encoder = Encoder(config)
+        self.classifier_dropout = nn.Dropout(classifier_dropout)
+        self.classifier = nn.Linear(config.d_model, num_labels)
+        self.to(_dtype(config.param_dtype))
+
+    def encode(self, ids, token_types=None):
+        """(batch, len) ids -> hidden states (batch, len, d_model) and mask (batch, 1, 1, len)."""
+        mask = padding_mask(ids, self.config.pad_id)
+        x = self.token_embedding(ids)
+        if self.config.scale_embeddings:
+            x = x * math.sqrt(self.config.d_model)
+        if self.token_type_embedding is not None:
+            x = x + self.token_type_embedding(torch.zeros_like(ids) if token_types is None else token_types)
+        return self.encoder(x, mask), mask
+
+    def pool(self, hidden, mask):  # (batch, len, d_model), (batch, 1, 1, len) -> (batch, d_model) in fp32
+        hidden = hidden.float()
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        weights = mask[:, 0, 0, :, None].float()  # (batch, len, 1)
+        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+    def forward(self, ids, token_types=None):
+        """(batch, len) ids -> class logits (batch, num_labels), fp32."""
+        pooled = self.pool(*self.encode(ids, token_types))
+        return self.classifier(self.classifier_dropout(pooled).to(self.classifier.weight.dtype)).float()
 
 
 def count_parameters(model: nn.Module) -> int:
