@@ -1,10 +1,10 @@
 """Training input pipeline: TFDS source -> sentencepiece ids -> token-budget batches (§5.1).
 
 Every corpus is read through TFDS, without TensorFlow: local files (plain or gzipped text, one sentence per line, or
-TSV / JSONL) are prepared once by `LocalParallelText` into array_record files in a cache folder and read back with
-`as_data_source()` (random access, no tf.data); catalog datasets such as 'wmt14_translate/de-en' are read the same way
-from TFDS_DATA_DIR. Bad input (missing files, misaligned or empty lines, invalid UTF-8, absurdly long lines) raises a
-one-line `UserError` naming the file, the line and the fix.
+TSV / JSONL, read and validated by `readers.py`) are prepared once by `LocalParallelText` into array_record files in
+a cache folder and read back with `as_data_source()` (random access, no tf.data); catalog datasets such as
+'wmt14_translate/de-en' are read the same way from TFDS_DATA_DIR. Bad input (missing files, misaligned or empty
+lines, invalid UTF-8, absurdly long lines) raises a one-line `UserError` naming the file, the line and the fix.
 
 Batching follows §5.1: "Sentence pairs were batched together by approximate sequence length. Each training batch
 contained a set of sentence pairs containing approximately 25000 source tokens and 25000 target tokens." Here the
@@ -13,7 +13,6 @@ multiple of `length_bucket_step` and each (source length, target length) bucket 
 """
 
 import contextlib
-import gzip
 import hashlib
 import json
 import logging
@@ -26,155 +25,13 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jax_transformer.config import DataConfig, UserError
+from jax_transformer.readers import MAX_LINE_CHARS, _field, _split_files, read_local_pairs  # noqa: F401
 from jax_transformer.tokenizer import BOS_ID, PAD_ID, Tokenizer, train_tokenizer
 
 log = logging.getLogger(__name__)
 
-MAX_LINE_CHARS = 20_000  # a "sentence" longer than this is a broken file (e.g. \r line ends), not a long sentence
 _READER_VERSION = 1  # bump when reading changes, so cached preparations are rebuilt
 Example = tuple[np.ndarray, np.ndarray | None]  # (source ids + EOS, target ids + EOS); target None: source only
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Reading and validating local files
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def _find_file(folder: str, name: str) -> str:
-    """`folder/name`, or `folder/name.gz` when only the gzipped file exists."""
-    for candidate in (os.path.join(folder, name), os.path.join(folder, name + ".gz")):
-        if os.path.isfile(candidate):
-            return candidate
-    if not os.path.isdir(folder):
-        raise UserError(f"data folder {folder} does not exist; fix: set data.path to the folder holding {name}")
-    raise UserError(
-        f"missing file {os.path.join(folder, name)}[.gz]; fix: add it, or set data.path, data.src_lang/tgt_lang or "
-        "data.train_split/valid_split/test_split to match the files there"
-    )
-
-
-def _read_lines(path: str) -> list[str]:
-    """The lines of a UTF-8 text file (gzipped if it ends in .gz), split on '\\n' only.
-
-    str.splitlines() would also split on characters such as U+2028 or U+0085 that occur inside real sentences and
-    shift one side of a parallel corpus against the other; so we split the raw text on newlines ourselves.
-    """
-    try:
-        with gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb") as f:
-            data = f.read()
-    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
-        raise UserError(f"{path}: cannot read it ({e}); fix: replace the file (a .gz file must be gzip data)") from None
-    try:
-        text = data.decode("utf-8-sig")  # -sig: drop a byte-order mark some editors write
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise UserError(
-            f"{path}:{line}: invalid UTF-8 (byte 0x{data[e.start]:02x}); fix: convert the file to UTF-8, "
-            "e.g. iconv -f latin1 -t utf-8"
-        ) from None
-    lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()
-    return [line.rstrip("\r") for line in lines]
-
-
-def _checked(text: str, path: str, line: int) -> str:
-    text = text.strip()
-    if not text:
-        raise UserError(f"{path}:{line}: empty line; fix: delete this pair (the same line on both sides) or fill it in")
-    if len(text) > MAX_LINE_CHARS:
-        raise UserError(
-            f"{path}:{line}: a line of {len(text)} characters (limit {MAX_LINE_CHARS}); fix: put one sentence per "
-            "line (old Mac files end lines with \\r only)"
-        )
-    return text
-
-
-def _field(record: dict, key: str, where: str):
-    """record[key], where a dotted key reaches into nested objects ('translation.en'); bytes are decoded."""
-    value = record.get(key) if isinstance(record, dict) else None
-    if value is None and "." in key:
-        value = record
-        for part in key.split("."):
-            value = value.get(part) if isinstance(value, dict) else None
-    if isinstance(value, bytes):
-        value = value.decode("utf-8")
-    if not isinstance(value, str):
-        keys = ", ".join(map(str, record)) if isinstance(record, dict) else type(record).__name__
-        raise UserError(
-            f"{where}: no text field {key!r} (found: {keys}); fix: set data.src_field/data.tgt_field "
-            "(dots reach nested keys, e.g. translation.en)"
-        )
-    return value
-
-
-def _split_files(cfg: DataConfig, split: str) -> list[str]:
-    if cfg.format == "files":
-        return [_find_file(cfg.path, f"{split}.{cfg.src_lang}"), _find_file(cfg.path, f"{split}.{cfg.tgt_lang}")]
-    return [_find_file(cfg.path, f"{split}.{cfg.format}")]
-
-
-def read_local_pairs(cfg: DataConfig, split: str) -> list[tuple[str, str]]:
-    """Read and validate one split of local files (format files/tsv/jsonl) without TFDS; the builder calls this."""
-    files = _split_files(cfg, split)
-    keys = (cfg.src_field or cfg.src_lang, cfg.tgt_field or cfg.tgt_lang)
-    pairs = {"files": _text_pairs, "tsv": _tsv_pairs, "jsonl": _jsonl_pairs}[cfg.format](files, keys)
-    if not pairs:
-        raise UserError(f"{files[0]} has no sentence pairs; fix: point data.path at a folder with the {split} split")
-    return pairs
-
-
-def _text_pairs(files: list[str], keys: tuple[str, str]) -> list[tuple[str, str]]:
-    """Two line-aligned files, one sentence per line."""
-    (src_path, tgt_path), (src, tgt) = files, [_read_lines(path) for path in files]
-    if len(src) != len(tgt):
-        short = src_path if len(src) < len(tgt) else tgt_path
-        raise UserError(
-            f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)} ({short} ends first, at line "
-            f"{min(len(src), len(tgt)) + 1}); fix: make the files line-aligned translations, one sentence per line"
-        )
-    pairs = zip(src, tgt, strict=True)
-    return [(_checked(s, src_path, i), _checked(t, tgt_path, i)) for i, (s, t) in enumerate(pairs, 1)]
-
-
-def _tsv_pairs(files: list[str], keys: tuple[str, str]) -> list[tuple[str, str]]:
-    """Tab-separated columns, named by a header line or, when both keys are numbers, by 0-based index (no header)."""
-    path, lines, first, header = files[0], _read_lines(files[0]), 1, []
-    if not all(key.isdigit() for key in keys):
-        header = [name.strip() for name in lines[0].split("\t")] if lines else []
-        for key in keys:
-            if not key.isdigit() and key not in header:
-                raise UserError(
-                    f"{path}:1: no column {key!r} in the header {header}; fix: set data.src_field/data.tgt_field "
-                    "to a header name or a 0-based column index"
-                )
-        lines, first = lines[1:], 2
-    columns = [int(key) if key.isdigit() else header.index(key) for key in keys]
-    pairs = []
-    for i, line in enumerate(lines, first):
-        cells = line.split("\t")
-        if len(cells) <= max(columns):
-            _checked(line, path, i)  # a blank line gets the empty-line message
-            raise UserError(
-                f"{path}:{i}: {len(cells)} tab-separated column(s), need {max(columns) + 1}; fix: one pair per line, "
-                "columns separated by tabs"
-            )
-        pairs.append((_checked(cells[columns[0]], path, i), _checked(cells[columns[1]], path, i)))
-    return pairs
-
-
-def _jsonl_pairs(files: list[str], keys: tuple[str, str]) -> list[tuple[str, str]]:
-    """One JSON object per line; dotted keys reach nested objects ({"translation": {"en": ...}})."""
-    path, pairs = files[0], []
-    for i, line in enumerate(_read_lines(path), 1):
-        if not line.strip():
-            _checked(line, path, i)
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{i}: invalid JSON ({e.msg}, column {e.colno}); fix: one object per line") from None
-        pairs.append(tuple(_checked(_field(record, key, f"{path}:{i}"), path, i) for key in keys))
-    return pairs
-
 
 # ---------------------------------------------------------------------------------------------------------------------
 # TFDS: the local-files builder and catalog datasets
@@ -352,16 +209,43 @@ def encode_pairs(
 ) -> tuple[list[Example], int]:
     """Token ids with EOS appended to both sides, and the number of pairs dropped because a side (EOS included) is
     longer than `max_len`. Pass max_len=None for evaluation data, where dropping would misalign the references."""
+    encoded = encode_examples(pairs, tokenizer, max_len)
+    return encoded.examples, encoded.dropped
+
+
+@dataclass
+class Encoded:
+    examples: list[Example]
+    dropped: int  # pairs left out because a side (EOS included) was longer than max_len
+    truncated: int  # kept pairs whose source was cut to max_source_len tokens
+
+
+def truncate_source(ids: list[int], max_source_len: int, eos_id: int) -> tuple[list[int], bool]:
+    """`ids` (without EOS) cut so that ids + EOS has at most `max_source_len` tokens (0: no limit); and whether it was
+    cut. The document's beginning is kept, and it still ends in EOS, as the model saw in training."""
+    if max_source_len and len(ids) + 1 > max_source_len:
+        return ids[: max_source_len - 1], True
+    return ids, False
+
+
+def encode_examples(
+    pairs: Sequence[tuple[str, str]], tokenizer: Tokenizer, max_len: int | None, max_source_len: int = 0
+) -> Encoded:
+    """`encode_pairs` with the source truncation of summarization: sources longer than `max_source_len` tokens (EOS
+    included; 0: no limit) are cut to it first, so only pairs whose target is too long (or source, without a limit)
+    are dropped."""
     eos = tokenizer.eos_id
     sources = tokenizer.encode([source for source, _ in pairs])
     targets = tokenizer.encode([target for _, target in pairs])
-    examples, dropped = [], 0
+    examples, dropped, truncated = [], 0, 0
     for source, target in zip(sources, targets, strict=True):
+        source, cut = truncate_source(source, max_source_len, eos)
         if max_len is not None and max(len(source), len(target)) + 1 > max_len:
             dropped += 1
             continue
+        truncated += cut
         examples.append((np.array(source + [eos], np.int32), np.array(target + [eos], np.int32)))
-    return examples, dropped
+    return Encoded(examples, dropped, truncated)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -4,6 +4,10 @@ All functions take a `Transformer` in eval mode and run under `jax.jit` (static 
 Outputs are token ids (batch, max_len) without BOS, EOS included where generated, padded with `pad_id`.
 Each sentence may produce at most `limits[i]` tokens (EOS included; the paper's source length + 50): the limit is
 per sentence, so a translation does not depend on which other sentences share its batch.
+
+Two options for summaries, both off (0) by default, when the outputs are exactly those without them:
+`min_len` bans EOS until that many tokens were produced (the length limit still ends a sentence), and
+`no_repeat_ngram_size` n bans every token that would complete an n-gram the hypothesis already contains.
 """
 
 import jax
@@ -26,7 +30,39 @@ def _constrain(log_probs, index, limits, eos_id: int, banned: tuple):
     return jnp.where(at_limit, only_eos, log_probs)
 
 
-def greedy_search(model, src_ids, max_len: int, bos_id: int, eos_id: int, limits=None):
+def repeated_ngram_bans(seqs, index, n: int, vocab: int):
+    """(rows, vocab) bool: the tokens that would complete an n-gram already in each row. seqs: (rows, max_len), the
+    tokens produced so far at positions < index (later positions are ignored)."""
+    rows, max_len = seqs.shape
+    if max_len < n:
+        return jnp.zeros((rows, vocab), bool)
+    starts = max_len - n + 1
+    windows = jnp.stack([seqs[:, i : i + starts] for i in range(n)], axis=-1)  # (rows, starts, n): every n-gram
+    # the last n - 1 tokens produced, the prefix an n-gram completed now would start with (rows, n - 1)
+    tail = jax.lax.dynamic_slice_in_dim(seqs, jnp.maximum(index - (n - 1), 0), n - 1, axis=1)
+    complete = jnp.arange(starts) <= index - n  # n-grams lying wholly before position index (starts,)
+    match = jnp.all(windows[:, :, :-1] == tail[:, None, :], axis=-1) & complete  # (rows, starts)
+    completions = windows[:, :, -1]  # (rows, starts): the token that ends each n-gram
+    hits = jnp.zeros((rows, vocab), jnp.int32).at[jnp.arange(rows)[:, None], completions].add(match.astype(jnp.int32))
+    return hits > 0
+
+
+def _ban(log_probs, seqs, index, eos_id: int, min_len: int, no_repeat_ngram_size: int):
+    """The summary options: EOS banned before `min_len` tokens, tokens completing a repeated n-gram banned.
+    log_probs: (rows, vocab) or (batch, k, vocab) with seqs (rows, max_len) or (batch, k, max_len). Applied before
+    `_constrain`, so a sentence at its length limit still ends."""
+    if min_len:
+        log_probs = jnp.where(index < min_len, log_probs.at[..., eos_id].set(NEG_INF), log_probs)
+    if no_repeat_ngram_size:
+        vocab = log_probs.shape[-1]
+        banned = repeated_ngram_bans(seqs.reshape(-1, seqs.shape[-1]), index, no_repeat_ngram_size, vocab)
+        log_probs = jnp.where(banned.reshape(log_probs.shape), NEG_INF, log_probs)
+    return log_probs
+
+
+def greedy_search(
+    model, src_ids, max_len: int, bos_id: int, eos_id: int, limits=None, min_len: int = 0, no_repeat_ngram_size: int = 0
+):
     """Pick the most probable next token at every step until every sentence emitted EOS (or reached its limit)."""
     batch = src_ids.shape[0]
     pad_id = model.config.pad_id
@@ -43,6 +79,7 @@ def greedy_search(model, src_ids, max_len: int, bos_id: int, eos_id: int, limits
     def body(carry):
         index, last, cache, output, done = carry
         logits, cache = model.decode_step(last, index, cache, cross, src_mask)  # (batch, vocab)
+        logits = _ban(logits, output, index, eos_id, min_len, no_repeat_ngram_size)
         logits = _constrain(logits, index, limits, eos_id, (pad_id, bos_id))
         token = jnp.where(done, pad_id, jnp.argmax(logits, axis=-1).astype(jnp.int32))
         output = output.at[:, index].set(token)
@@ -58,7 +95,10 @@ def length_penalty(length, alpha: float):
     return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0) ** alpha
 
 
-def beam_search(model, src_ids, beam_size: int, max_len: int, bos_id: int, eos_id: int, alpha: float, limits=None):
+def beam_search(
+    model, src_ids, beam_size: int, max_len: int, bos_id: int, eos_id: int, alpha: float, limits=None,
+    min_len: int = 0, no_repeat_ngram_size: int = 0,
+):  # fmt: skip
     """Batched beam search over the KV cache. Returns (tokens (batch, max_len), scores (batch,)) of the best
     hypothesis per sentence, scored log P(y | x) / length_penalty(|y|) with |y| counting EOS.
 
@@ -98,6 +138,7 @@ def beam_search(model, src_ids, beam_size: int, max_len: int, bos_id: int, eos_i
         logits, cache = model.decode_step(last, index, cache, cross, src_mask)  # (batch * k, vocab)
         vocab = logits.shape[-1]
         log_probs = jax.nn.log_softmax(logits).reshape(batch, k, vocab)
+        log_probs = _ban(log_probs, alive_seqs, index, eos_id, min_len, no_repeat_ngram_size)
         log_probs = _constrain(log_probs, index, limits, eos_id, (pad_id, bos_id))
         candidates = (alive_logp[:, :, None] + log_probs).reshape(batch, k * vocab)
         top_logp, top_index = jax.lax.top_k(candidates, 2 * k)  # (batch, 2k)

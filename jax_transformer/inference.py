@@ -29,7 +29,8 @@ class Translator:
         self.config, self.tokenizer = config, tokenizer
         model.eval()
         self.graphdef, self.params, self.rest = nnx.split(model, nnx.Param, ...)
-        static = (4, 5, 6)  # beam_size, max_len, alpha (positional: jit with in_shardings takes no keywords)
+        static = (4, 5, 6, 7, 8)  # beam_size, max_len, alpha, min_len, no_repeat_ngram_size (positional: jit with
+        # in_shardings takes no keywords)
         if mesh is None:
             self._search = jax.jit(self._search_impl, static_argnums=static)
         else:
@@ -41,12 +42,12 @@ class Translator:
                 in_shardings=(params_sharding, whole, whole, whole),
             )  # fmt: skip
 
-    def _search_impl(self, params, rest, src_ids, limits, beam_size, max_len, alpha):
+    def _search_impl(self, params, rest, src_ids, limits, beam_size, max_len, alpha, min_len, no_repeat):
         model = nnx.merge(self.graphdef, params, jax.tree.map(jnp.asarray, rest))
         bos, eos = self.tokenizer.bos_id, self.tokenizer.eos_id
         if beam_size == 1:
-            return greedy_search(model, src_ids, max_len, bos, eos, limits)
-        return beam_search(model, src_ids, beam_size, max_len, bos, eos, alpha, limits)[0]
+            return greedy_search(model, src_ids, max_len, bos, eos, limits, min_len, no_repeat)
+        return beam_search(model, src_ids, beam_size, max_len, bos, eos, alpha, limits, min_len, no_repeat)[0]
 
     def search(self, src_ids: np.ndarray, beam_size: int, alpha: float, params=None) -> np.ndarray:
         """Token ids (batch, max_len) for a padded batch of source ids (batch, src_len)."""
@@ -54,7 +55,8 @@ class Translator:
         max_len = min(src_ids.shape[1] + dcfg.max_extra_len, self.config.model.max_len)
         limits = output_limits(jnp.asarray(src_ids), self.config.model.pad_id, dcfg.max_extra_len, max_len)
         params = self.params if params is None else params
-        out = self._search(params, self.rest, src_ids, limits, beam_size, max_len, alpha)
+        options = (dcfg.min_len, dcfg.no_repeat_ngram_size)
+        out = self._search(params, self.rest, src_ids, limits, beam_size, max_len, alpha, *options)
         return np.asarray(out)
 
     def translate_examples(self, examples, beam_size=None, alpha=None, params=None, progress=False) -> list[str]:
@@ -77,10 +79,11 @@ class Translator:
         return outputs
 
     def translate(self, sentences: list[str], beam_size=None, alpha=None, progress=False) -> list[str]:
-        """Translate raw sentences (empty lines give empty translations)."""
+        """Translate raw sentences (empty lines give empty translations). Sources longer than data.max_source_len
+        tokens (when set) are truncated as in training."""
         ids = self.tokenizer.encode(sentences)
-        eos = self.tokenizer.eos_id
-        examples = [(np.array(s + [eos], np.int32), None) for s in ids]
+        eos, limit = self.tokenizer.eos_id, self.config.data.max_source_len  # truncated as in training
+        examples = [(np.array(data_lib.truncate_source(s, limit, eos)[0] + [eos], np.int32), None) for s in ids]
         return self.translate_examples(examples, beam_size, alpha, progress=progress)
 
 

@@ -4,6 +4,9 @@
 - `lc_tok_bleu`: what the Multi30k literature reports: hypotheses and references lowercased and Moses-tokenized
   (sacremoses, the same rules as `tokenizer.perl`), then scored with `tokenize='none'`. Same output, other recipe.
 - `chrf`: sacreBLEU chrF.
+- `rouge`: ROUGE-1/2/L F1 of summaries (Google's `rouge-score`, Porter stemming), with one or several references per
+  example: the per-example score is the best over its references (`multi_ref='max'`, what `rouge-score`'s
+  `score_multi` does) or their mean (`'mean'`), then averaged over examples and scaled to 0-100.
 """
 
 import functools
@@ -39,3 +42,33 @@ def lc_tok_bleu(hypotheses: list[str], references: list[str], lang: str):
 def chrf(hypotheses: list[str], references: list[str]):
     metric = sacrebleu.metrics.CHRF()
     return metric.corpus_score(hypotheses, [references]), str(metric.get_signature())
+
+
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+MULTI_REF = ("max", "mean")
+
+
+def rouge(hypotheses: list[str], references: list[list[str]] | list[str], multi_ref: str = "max") -> dict[str, float]:
+    """Mean ROUGE-1/2/L F1 x 100 over examples. references[i] is one text or a list of texts for hypotheses[i];
+    several are combined per example by `multi_ref`: 'max' (the best-matching reference, per ROUGE type, as
+    `RougeScorer.score_multi`) or 'mean' (the average over references). ROUGE-L is the sentence-level LCS ('rougeL',
+    no sentence splitting). Tokens are rouge-score's default: lowercased alphanumerics, Porter-stemmed."""
+    from rouge_score import rouge_scorer
+
+    from .config import UserError
+
+    if multi_ref not in MULTI_REF:
+        raise UserError(f"multi_ref={multi_ref!r} is not one of {', '.join(MULTI_REF)}")
+    if len(hypotheses) != len(references):
+        raise UserError(f"{len(hypotheses)} hypotheses but {len(references)} references; they must align")
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+    totals = dict.fromkeys(ROUGE_TYPES, 0.0)
+    for hypothesis, refs in zip(hypotheses, references, strict=True):
+        refs = [refs] if isinstance(refs, str) else list(refs)
+        if not refs:
+            raise UserError("an example has no reference")
+        scores = [scorer.score(ref, hypothesis) for ref in refs]  # score(target, prediction)
+        for key in ROUGE_TYPES:
+            values = [s[key].fmeasure for s in scores]
+            totals[key] += max(values) if multi_ref == "max" else sum(values) / len(values)
+    return {key: 100.0 * value / max(len(hypotheses), 1) for key, value in totals.items()}

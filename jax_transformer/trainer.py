@@ -74,7 +74,8 @@ class TranslationData:
         started = time.time()
         train_pairs = data_lib.load_split(cfg, cfg.train_split)
         self.tokenizer = data_lib.get_tokenizer(cfg, config.directory, train_pairs)
-        examples, dropped = data_lib.encode_pairs(train_pairs, self.tokenizer, cfg.max_len)
+        encoded = data_lib.encode_examples(train_pairs, self.tokenizer, cfg.max_len, cfg.max_source_len)
+        examples, dropped = encoded.examples, encoded.dropped
         self.batches = data_lib.BatchIterator(
             examples,
             cfg.max_tokens,
@@ -83,16 +84,23 @@ class TranslationData:
             min_bucket_batches=cfg.min_bucket_batches,
         )
         valid_pairs = data_lib.load_split(cfg, cfg.valid_split)
-        self.valid_examples, _ = data_lib.encode_pairs(valid_pairs, self.tokenizer, None)
+        valid = data_lib.encode_examples(valid_pairs, self.tokenizer, None, cfg.max_source_len)
+        self.valid_examples = valid.examples
         self.valid_references = [target for _, target in valid_pairs]
         stats = self.batches.stats()
+        truncation = ""
+        if cfg.max_source_len:
+            truncation = (
+                f"; sources cut to data.max_source_len={cfg.max_source_len} tokens: {encoded.truncated:,} training "
+                f"({encoded.truncated / max(len(examples), 1):.1%}), {valid.truncated:,} validation"
+            )
         _say(
             f"data: {len(train_pairs):,} training pairs ({dropped:,} longer than data.max_len={cfg.max_len} dropped), "
-            f"{len(valid_pairs):,} validation pairs; vocabulary {self.tokenizer.vocab_size:,}; "
+            f"{len(valid_pairs):,} validation pairs{truncation}; vocabulary {self.tokenizer.vocab_size:,}; "
             f"{stats['batches_per_epoch']:,} batches/epoch in {stats['shapes']} shapes, "
             f"{stats['padding_efficiency']:.1%} real tokens; prepared in {time.time() - started:.1f}s"
         )
-        self.dropped = dropped
+        self.dropped, self.truncated = dropped, encoded.truncated
 
 
 def resolve_config(config: Config, tokenizer) -> Config:

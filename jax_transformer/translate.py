@@ -40,6 +40,9 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", type=float, default=None, help="GNMT length penalty (default: decode.alpha)")
     parser.add_argument("--max-extra-len", type=int, default=None, help="output may be source length + this")
     parser.add_argument("--max-tokens", type=int, default=None, help="token budget of a decoding batch")
+    parser.add_argument("--min-len", type=int, default=None, help="no EOS before this many tokens (decode.min_len)")
+    parser.add_argument("--no-repeat-ngram", type=int, default=None,
+                        help="no n-gram of this size twice in an output (decode.no_repeat_ngram_size)")  # fmt: skip
 
 
 def load_for_search(args):
@@ -51,8 +54,12 @@ def load_for_search(args):
     translator = load_translator(args.model, args.step)
     decode = translator.config.decode
     changes = {k: v for k, v in (("max_extra_len", args.max_extra_len), ("max_tokens", args.max_tokens)) if v}
+    for key, value in (("min_len", args.min_len), ("no_repeat_ngram_size", args.no_repeat_ngram)):
+        if value is not None:
+            changes[key] = value
     if args.beam is not None and args.beam < 1:
         raise UserError(f"--beam must be at least 1, got {args.beam}")
+    # DecodeConfig validates the values (ConfigError, one line)
     translator.config = dataclasses.replace(translator.config, decode=dataclasses.replace(decode, **changes))
     return translator
 
