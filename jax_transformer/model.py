@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from .config import ModelConfig
+from .dropout import Dropout  # nnx.Dropout with a mask that is cheap on CPU (see dropout.py)
 
 # Initialisers (the paper does not specify them; these are the common choice of tensor2tensor/fairseq):
 # Xavier-uniform projections, N(0, d_model^-0.5) embeddings so that embedding * sqrt(d_model) has unit scale.
@@ -90,7 +91,7 @@ class MultiHeadAttention(nnx.Module):
         self.key = linear()
         self.value = linear()
         self.out = linear()
-        self.attention_dropout = nnx.Dropout(dropout, rngs=rngs)
+        self.attention_dropout = Dropout(dropout, rngs=rngs)
 
     def split_heads(self, x):  # (batch, len, d_model) -> (batch, heads, len, head_dim)
         batch, length, _ = x.shape
@@ -131,7 +132,7 @@ class FeedForward(nnx.Module):
         self.linear1 = nnx.Linear(d_model, d_ff, **kwargs)
         self.linear2 = nnx.Linear(d_ff, d_model, **kwargs)
         self.activation = activation
-        self.dropout = nnx.Dropout(dropout, rngs=rngs)
+        self.dropout = Dropout(dropout, rngs=rngs)
 
     def __call__(self, x):  # (batch, len, d_model) -> (batch, len, d_model)
         return self.linear2(self.dropout(ACTIVATIONS[self.activation](self.linear1(x))))
@@ -185,7 +186,7 @@ class EncoderLayer(nnx.Module):
             config.d_model, config.d_ff, activation=config.activation, dropout=config.ffn_dropout, **dtypes, rngs=rngs
         )
         self.feed_forward_norm = _layer_norm(config, rngs)
-        self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
+        self.dropout = Dropout(config.dropout, rngs=rngs)
         self.pre_norm = config.norm_position == "pre"
 
     def residual(self, x, sublayer, norm):
@@ -259,7 +260,7 @@ class Encoder(nnx.Module):
                 embedding_init=embedding_init(config.d_model), rngs=rngs,
             )  # fmt: skip
         self.embedding_norm = _layer_norm(config, rngs) if config.embedding_norm else None
-        self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
+        self.dropout = Dropout(config.dropout, rngs=rngs)
         num_layers = config.num_encoder_layers if num_layers is None else num_layers
         self.layers = nnx.List([layer_cls(config, rngs=rngs) for _ in range(num_layers)])
         self.final_norm = _layer_norm(config, rngs) if config.norm_position == "pre" else None
@@ -400,7 +401,7 @@ class EncoderClassifier(nnx.Module):
         self.token_embedding = embed(config.vocab_size)
         self.token_type_embedding = embed(config.type_vocab_size) if config.type_vocab_size else None
         self.encoder = Encoder(config, rngs=rngs)
-        self.classifier_dropout = nnx.Dropout(classifier_dropout, rngs=rngs)
+        self.classifier_dropout = Dropout(classifier_dropout, rngs=rngs)
         self.classifier = nnx.Linear(  # in fp32 (the pooled features are fp32) also under bf16 compute
             config.d_model, num_labels, param_dtype=config.param_dtype, kernel_init=LINEAR_INIT, rngs=rngs
         )

@@ -1,0 +1,153 @@
+"""Run a Multi30k recipe end to end and print its row of the README's results table.
+
+  python scripts/multi30k_results.py --config configs/multi30k_en_de.py
+  python scripts/multi30k_results.py --config configs/multi30k_en_de.py --skip-train   # score a finished run
+
+Steps: train the recipe (or resume it: re-running continues from the latest checkpoint); average its last N
+checkpoints; translate val and test2016 with the recipe's beam search; score the cased, detokenized output with
+cased sacreBLEU, lowercased Moses-tokenized BLEU (the Multi30k literature's figure) and chrF; read the time to
+quality from the run's validation log; draw the training curves (PNG).
+
+With --test-curve every checkpoint the run still keeps is also scored on test2016 (beam search, no averaging), which
+gives the wall time at which a single checkpoint first passes the --target lc-tok BLEU on test2016. That is for the
+report only: nothing is selected on test2016 (the recipe, beam and alpha were chosen on val).
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
+def score_split(translator, split: str, data_dir: str) -> dict:
+    from jax_transformer.evaluate import SPLITS, _read_gz, score
+
+    data = translator.config.data
+    name = SPLITS[split]
+    sources = _read_gz(os.path.join(data_dir, f"{name}.{data.src_lang}.gz"))
+    references = _read_gz(os.path.join(data_dir, f"{name}.{data.tgt_lang}.gz"))
+    hypotheses = translator.translate(sources, progress=False)
+    return score(hypotheses, references, data.tgt_lang)
+
+
+def minutes_at_steps(run_dir: str) -> dict[int, float]:
+    """Cumulative wall-clock minutes of each validated step (over restarts), from metrics.jsonl."""
+    from jax_transformer.run_log import read_metrics
+    from jax_transformer.viz import training_series
+
+    series = training_series(read_metrics(run_dir))
+    return {int(s): float(m) for s, m in zip(series["valid_step"], series["valid_minutes"], strict=True)}
+
+
+def first_validation_at(run_dir: str, key: str, target: float) -> tuple[int, float] | None:
+    """(step, minutes) of the first validation whose `key` reached `target`, else None."""
+    from jax_transformer.run_log import read_metrics
+
+    minutes = minutes_at_steps(run_dir)
+    for record in read_metrics(run_dir):
+        if record.get("kind") == "valid" and record.get(key, -1.0) >= target:
+            return int(record["step"]), minutes[int(record["step"])]
+    return None
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 2)[2],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--config", default="configs/multi30k_en_de.py")
+    parser.add_argument("--skip-train", action="store_true", help="score the existing run directory only")
+    parser.add_argument("--average", type=int, default=10, help="average the last N checkpoints (1: no averaging)")
+    parser.add_argument("--target", type=float, default=40.0, help="lc-tok BLEU whose time to reach is reported")
+    parser.add_argument("--test-curve", action="store_true", help="also score every kept checkpoint on test2016")
+    parser.add_argument("--png", default="", help="training curves PNG (default: RUN/curves.png)")
+    parser.add_argument("--data-dir", default="data/multi30k")
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. train.steps=4000")
+    args = parser.parse_args(argv)
+
+    from jax_transformer.cli import run_cli
+
+    def run():
+        from jax_transformer.average import average_run
+        from jax_transformer.config import load_config_file
+        from jax_transformer.inference import load_translator
+        from jax_transformer.run_log import read_metrics
+        from jax_transformer.viz import plot_training_curves
+
+        config = load_config_file(args.config, args.overrides)
+        run_dir = config.directory
+        if not args.skip_train:
+            from jax_transformer.trainer import train
+
+            train(config)
+        records = read_metrics(run_dir)
+        train_records = [r for r in records if r.get("kind") == "train"]
+        minutes = minutes_at_steps(run_dir)
+        last_step = max(minutes) if minutes else (train_records[-1]["step"] if train_records else 0)
+        total_minutes = minutes.get(last_step, float("nan"))
+
+        model_dir = os.path.join(run_dir, f"avg{args.average}")
+        if os.path.exists(model_dir):  # derived from the checkpoints: rebuilt every time
+            shutil.rmtree(model_dir)
+        steps = average_run(run_dir, args.average, model_dir)
+        translator = load_translator(model_dir)
+        import jax
+
+        params = sum(x.size for x in jax.tree.leaves(translator.params))
+        results = {split: score_split(translator, split, args.data_dir) for split in ("val", "test2016")}
+
+        curve = []
+        if args.test_curve:
+            for step in steps:
+                single = load_translator(run_dir, str(step))
+                scores = score_split(single, "test2016", args.data_dir)
+                curve.append({"step": step, "minutes": minutes.get(step), "lc_tok_bleu": scores["lc_tok_bleu"],
+                              "bleu": scores["bleu"]})  # fmt: skip
+                print(f"checkpoint {step}: test2016 lc-tok BLEU {scores['lc_tok_bleu']:.2f}", file=sys.stderr)
+
+        png = args.png or os.path.join(run_dir, "curves.png")
+        plot_training_curves(run_dir, png)
+        reached_val = first_validation_at(run_dir, "lc_tok_bleu", args.target)
+        reached_test = next((c for c in curve if c["lc_tok_bleu"] >= args.target), None)
+        test = results["test2016"]
+        row = {
+            "recipe": os.path.basename(args.config), "direction": f"{config.data.src_lang}->{config.data.tgt_lang}",
+            "test2016_lc_tok_bleu": test["lc_tok_bleu"], "test2016_bleu": test["bleu"], "test2016_chrf": test["chrf"],
+            "val_lc_tok_bleu": results["val"]["lc_tok_bleu"], "val_bleu": results["val"]["bleu"],
+            "parameters": params, "steps": last_step, "averaged_steps": steps,
+            "train_minutes": round(total_minutes, 1),
+            f"minutes_to_val_greedy_lc_tok_{args.target:g}": round(reached_val[1], 1) if reached_val else None,
+            f"minutes_to_test_beam_lc_tok_{args.target:g}": (
+                round(reached_test["minutes"], 1) if reached_test and reached_test["minutes"] else None),
+            "beam": config.decode.beam_size, "alpha": config.decode.alpha, "hardware": cpu_name(),
+            "signatures": {k: test[f"{k}_signature"] for k in ("bleu", "lc_tok_bleu", "chrf")},
+            "test_curve": curve, "curves_png": png,
+        }  # fmt: skip
+        with open(os.path.join(run_dir, "results.json"), "w", encoding="utf-8") as f:
+            json.dump(row, f, indent=2)
+        print(json.dumps(row, indent=2))
+        print("| recipe | direction | test2016 lc-tok BLEU | sacreBLEU | chrF | params | steps | time | hardware |")
+        print(
+            f"| {row['recipe']} | {row['direction']} | {test['lc_tok_bleu']:.2f} | {test['bleu']:.2f} | "
+            f"{test['chrf']:.2f} | {params / 1e6:.2f}M | {last_step:,} (avg last {len(steps)}) | "
+            f"{total_minutes:.0f} min | {row['hardware']} |"
+        )
+
+    return run_cli(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
