@@ -30,10 +30,19 @@ def main(argv=None) -> int:
         overrides.append(item[len("--config.") :])
 
     def run():
-        from jax_transformer.config import load_config_file
+        from jax_transformer.classify_config import ClassifyConfig, load_any_config
+
+        config = load_any_config(args.config, overrides)
+        if isinstance(config, ClassifyConfig):  # fine-tuning a pretrained encoder for text classification
+            from jax_transformer.classify import train_classifier
+
+            result = train_classifier(config)
+            print(
+                f"done: dev accuracy {result['accuracy']:.4f} (step {result['step']}), run directory {config.directory}"
+            )
+            return
         from jax_transformer.trainer import train
 
-        config = load_config_file(args.config, overrides)
         result = train(config)
         print(f"done: step {result['step']}, run directory {config.directory}")
 

@@ -17,7 +17,10 @@ from .config import UserError
 
 
 def _metric_for_ranking(metrics: dict) -> float:
-    # Higher is better: BLEU as is, loss negated. Checkpoints saved between evaluations carry no metric.
+    # Higher is better: accuracy (classification) and BLEU as is, loss negated. Checkpoints saved between evaluations
+    # carry no metric.
+    if "accuracy" in metrics:
+        return metrics["accuracy"]
     return metrics["bleu"] if "bleu" in metrics else -metrics["loss"]
 
 

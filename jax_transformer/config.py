@@ -78,9 +78,10 @@ class ModelConfig:
         ):
             _require(getattr(self, key) > 0, f"model.{key} must be positive, got {getattr(self, key)}")
         # 0 decoder layers: an encoder-only model (EncoderClassifier); a Transformer needs at least one
-        _require(self.num_decoder_layers >= 0, (
-            f"model.num_decoder_layers must be positive (or 0 for encoder-only models), got {self.num_decoder_layers}"
-        ))
+        _require(
+            self.num_decoder_layers >= 0,
+            f"model.num_decoder_layers must be positive (or 0: encoder only), got {self.num_decoder_layers}",
+        )
         _require(self.type_vocab_size >= 0, f"model.type_vocab_size must be >= 0, got {self.type_vocab_size}")
         _require(self.target_vocab_size >= 0, f"model.target_vocab_size must be >= 0, got {self.target_vocab_size}")
         _require(
@@ -258,7 +259,9 @@ class DecodeConfig:
     max_tokens: int = 8192  # token budget of a decoding batch
     min_len: int = 0  # EOS is banned until this many tokens were produced (unless the length limit forces it); 0: off
     no_repeat_ngram_size: int = 0  # n > 0: no n-gram occurs twice in an output (tokens completing one are banned)
-    metric: str = "bleu"  # what evaluate and validation decoding score: 'bleu' (translation) or 'rouge' (summaries)
+    # what evaluate and validation decoding score: 'bleu' (translation) or 'rouge' (summaries: validation logs greedy
+    # ROUGE-1/2/L; pick the best checkpoint with train.best_metric='loss')
+    metric: str = "bleu"
 
     def __post_init__(self):
         _require(self.min_len >= 0, f"decode.min_len must be >= 0, got {self.min_len}")

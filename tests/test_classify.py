@@ -1,0 +1,172 @@
+"""Text-classification fine-tuning: config, bad rows, a two-step run of a tiny random BERT, save/load, predict CLI."""
+
+import gzip
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from jax_transformer import bert
+from jax_transformer import classify_data as cdata
+from jax_transformer.classify_config import (
+    ClassifyConfig,
+    ClassifyDataConfig,
+    ClassifyTrainConfig,
+    apply_classify_overrides,
+    load_any_config,
+)
+from jax_transformer.config import Config, ConfigError, UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    """A randomly initialised 2-layer, d_model-32 BERT saved like a Hugging Face model, with MiniLM's tokenizer."""
+    transformers = pytest.importorskip("transformers")
+    out = str(tmp_path_factory.mktemp("tiny_bert"))
+    minilm = bert.resolve_pretrained("all-MiniLM-L6-v2")
+    config = transformers.BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=64, layer_norm_eps=1e-12,
+    )  # fmt: skip
+    transformers.BertModel(config).save_pretrained(out, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(os.path.join(minilm, name), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def sst2_small(tmp_path_factory):
+    """The first 300 training and 64 dev rows of the bundled SST-2."""
+    out = tmp_path_factory.mktemp("sst2")
+    for name, n in (("train", 300), ("dev", 64)):
+        with gzip.open(os.path.join(ROOT, "data", "sst2", f"{name}.tsv.gz"), "rt", encoding="utf-8") as f:
+            lines = [next(f) for _ in range(n + 1)]
+        (out / f"{name}.tsv").write_text("".join(lines), encoding="utf-8")
+    return str(out)
+
+
+def small_config(model_dir, data_dir, run_dir, **train) -> ClassifyConfig:
+    return ClassifyConfig(
+        name="test", run_dir=run_dir, pretrained=model_dir,
+        data=ClassifyDataConfig(path=data_dir, train_file="train.tsv", valid_file="dev.tsv", max_len=16,
+                                length_bucket_step=16, label_names="",),
+        train=ClassifyTrainConfig(**{"steps": 2, "batch_size": 16, "eval_every": 2, "log_every": 1,
+                                     "learning_rate": 1e-3, **train}),
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_bert, sst2_small, tmp_path_factory):
+    from jax_transformer.classify import train_classifier
+
+    run_dir = str(tmp_path_factory.mktemp("runs") / "clf")
+    report = train_classifier(small_config(tiny_bert, sst2_small, run_dir))
+    return run_dir, report
+
+
+def test_recipe_loads_as_classification_config_and_refuses_unknown_keys():
+    config = load_any_config(os.path.join(ROOT, "configs", "sst2_minilm.py"), ["train.learning_rate=3e-5"])
+    assert isinstance(config, ClassifyConfig) and config.train.learning_rate == 3e-5
+    assert config.data.label_list == ["0", "1"] and config.data.display_names == ["negative", "positive"]
+    with pytest.raises(ConfigError, match="unknown config key train.lr"):
+        apply_classify_overrides(config, ["train.lr=1"])
+    with pytest.raises(ConfigError, match="unknown config key data.colour"):
+        ClassifyConfig.from_dict({"data": {"colour": "x"}})
+    with pytest.raises(ConfigError, match="pooling"):
+        ClassifyConfig(pooling="max")
+    assert isinstance(load_any_config(os.path.join(ROOT, "configs", "tiny.py")), Config)  # translation recipes too
+
+
+def test_bad_rows_are_reported_with_line_numbers(tmp_path):
+    path = tmp_path / "bad.tsv"
+    path.write_text("sentence\tlabel\ngood film\t1\nno label here\t\nweird\t7\n   \t0\nfine\t0\n", encoding="utf-8")
+    cfg = ClassifyDataConfig(path=str(tmp_path), labels="0,1")
+    rows = cdata.read_rows(str(path), cfg)
+    with pytest.raises(UserError) as info:
+        cdata.validate_rows(rows, cfg.label_list, str(path), skip_bad=False)
+    message = str(info.value)
+    assert "3 bad row(s)" in message
+    assert "line 3: missing label" in message and "line 4: unknown label '7'" in message
+    assert "line 5: empty text" in message
+    texts, labels = cdata.validate_rows(rows, cfg.label_list, str(path), skip_bad=True)
+    assert texts == ["good film", "fine"] and labels.tolist() == [1, 0]
+
+
+def test_jsonl_and_csv_with_configurable_columns(tmp_path):
+    (tmp_path / "a.jsonl").write_text('{"t": "yes", "y": "pos"}\n{"t": "no", "y": "neg"}\nnot json\n', encoding="utf-8")
+    cfg = ClassifyDataConfig(format="jsonl", text_field="t", label_field="y")
+    rows = cdata.read_rows(str(tmp_path / "a.jsonl"), cfg)
+    assert cdata.infer_labels(rows) == ["neg", "pos"]
+    with pytest.raises(UserError, match="line 3: unreadable row"):
+        cdata.validate_rows(rows, ["neg", "pos"], "a.jsonl", skip_bad=False)
+    (tmp_path / "b.csv").write_text('review,stars\n"good, really",5\nbad,1\n', encoding="utf-8")
+    cfg = ClassifyDataConfig(format="csv", text_field="review", label_field="stars")
+    texts, labels = cdata.validate_rows(cdata.read_rows(str(tmp_path / "b.csv"), cfg), ["1", "5"], "b.csv", False)
+    assert texts == ["good, really", "bad"] and labels.tolist() == [1, 0]
+    with pytest.raises(UserError, match="no column 'text'"):
+        cdata.read_rows(str(tmp_path / "b.csv"), ClassifyDataConfig(format="csv", text_field="text"))
+
+
+def test_batches_have_few_fixed_shapes_and_cover_every_example():
+    ids = [np.arange(1, n + 1, dtype=np.int32) for n in (3, 17, 5, 30, 9, 32, 2)]
+    batches = cdata.make_batches(ids, np.arange(7), 4, 16, 32, 0, np.random.default_rng(0))
+    assert {b["ids"].shape for b in batches} <= {(4, 16), (4, 32)}
+    seen = np.concatenate([b["index"][b["weights"] > 0] for b in batches])
+    assert sorted(seen.tolist()) == list(range(7))
+
+
+def test_two_step_run_writes_the_run_directory(trained_run):
+    run_dir, report = trained_run
+    for name in ("config.json", "labels.json", "model.json", "metrics.jsonl", "eval.json", "confusion_matrix.png"):
+        assert os.path.isfile(os.path.join(run_dir, name)), name
+    assert os.path.isfile(os.path.join(run_dir, "tokenizer", "tokenizer.json"))
+    assert json.load(open(os.path.join(run_dir, "config.json")))["task"] == "classification"
+    assert json.load(open(os.path.join(run_dir, "labels.json")))["labels"] == ["0", "1"]  # inferred, saved
+    assert report["examples"] == 64 and 0.0 <= report["accuracy"] <= 1.0
+    assert np.asarray(report["confusion_matrix"]).sum() == 64
+    kinds = [json.loads(line)["kind"] for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+    assert kinds.count("train") == 2 and kinds.count("valid") == 1
+
+
+def test_save_load_round_trip_reproduces_the_report(trained_run, sst2_small):
+    from jax_transformer.classify import Classifier
+
+    run_dir, report = trained_run
+    classifier = Classifier.load(run_dir)
+    dataset, _ = cdata.load_dataset(os.path.join(sst2_small, "dev.tsv"), classifier.config.data,
+                                    classifier.labels, classifier.tokenizer)  # fmt: skip
+    again = classifier.evaluate(dataset)
+    assert again["accuracy"] == report["accuracy"] and again["confusion_matrix"] == report["confusion_matrix"]
+    probs = classifier.probabilities(["a moving film", "dull"])
+    np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
+
+
+def test_a_trained_run_refuses_to_be_overwritten(trained_run, tiny_bert, sst2_small):
+    from jax_transformer.classify import train_classifier
+
+    with pytest.raises(UserError, match="already holds a trained run"):
+        train_classifier(small_config(tiny_bert, sst2_small, trained_run[0]))
+
+
+def test_predict_cli_reads_arguments_stdin_and_files(trained_run, tmp_path, capsys, monkeypatch):
+    import io
+
+    from jax_transformer import predict
+
+    run_dir, _ = trained_run
+    assert predict.main([run_dir, "a great movie", "awful"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and lines[0].split("\t")[0] in ("0", "1") and lines[0].endswith("a great movie")
+    assert 0.5 <= float(lines[0].split("\t")[1]) <= 1.0
+    monkeypatch.setattr("sys.stdin", io.StringIO("one\n\ntwo\n"))
+    assert predict.main([run_dir]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 2
+    (tmp_path / "in.txt").write_text("three\n", encoding="utf-8")
+    assert predict.main([run_dir, "--file", str(tmp_path / "in.txt")]) == 0
+    assert capsys.readouterr().out.strip().endswith("three")
+    assert predict.main([str(tmp_path / "nowhere"), "x"]) == 1
+    assert "no config.json" in capsys.readouterr().err
