@@ -13,6 +13,7 @@ The trained model is cached under pytest's session temp dir; parity_tests/test_h
 Run with `-s` to see the measured differences.
 """
 
+import dataclasses
 import os
 
 import jax.numpy as jnp
@@ -236,6 +237,24 @@ def test_text_translations_match(exported, beam_size, alpha):
     assert torch_text == jax_text
     if exported.name == "copy":
         assert sum(a == b for a, b in zip(jax_text, SENTENCES, strict=True)) >= 0.9 * len(SENTENCES), jax_text
+
+
+@pytest.mark.parametrize("beam_size", [1, 4])
+def test_summary_options_match_token_for_token(exported, beam_size):
+    """decode.min_len and decode.no_repeat_ngram_size ban the same tokens in both frameworks."""
+    translator, src, saved = exported.translator, exported.src, exported.translator.config
+    plain, changed = exported.jax_search(beam_size, 0.6), 0
+    for min_len, n in ((5, 0), (0, 2), (5, 1)):
+        decode = dataclasses.replace(saved.decode, min_len=min_len, no_repeat_ngram_size=n)
+        translator.config = dataclasses.replace(saved, decode=decode)
+        try:
+            jax_tokens = translator.search(src, beam_size, 0.6)
+        finally:
+            translator.config = saved
+        torch_tokens = search(exported.model, src, beam_size, 0.6, MAX_EXTRA_LEN, min_len, n).numpy()
+        np.testing.assert_array_equal(jax_tokens, torch_tokens)
+        changed += not np.array_equal(jax_tokens, plain)
+    assert changed  # the options bound somewhere, so the comparison tested them
 
 
 def test_export_command(tmp_path, tmp_path_factory):

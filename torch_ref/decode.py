@@ -3,8 +3,9 @@
 A line-for-line port of `jax_transformer/decode.py` (the cache methods are in `torch_ref/model.py`), so that
 an exported model translates token for token as it does in JAX: the same GNMT length penalty, the same per-sentence
 output limits (real source length + max_extra_len, at most max_len, EOS forced at the limit), PAD and BOS never
-produced, the same candidate layout (beam-major, k * vocab) and the same tie-breaking (`_top_k` sorts stably, so equal
-scores keep the lower index first, as `jax.lax.top_k` does; `argmax` returns the first maximum in both frameworks).
+produced, the same summary options (min_len, no_repeat_ngram_size; 0 = off), the same candidate layout (beam-major,
+k * vocab) and the same tie-breaking (`_top_k` sorts stably, so equal scores keep the lower index first, as
+`jax.lax.top_k` does; `argmax` returns the first maximum in both frameworks).
 
 All functions expect a model in eval mode and run without gradients. Outputs are token ids (batch, max_len) without
 BOS, EOS included where generated, padded with the model's pad id.
@@ -36,6 +37,35 @@ def _constrain(log_probs, index: int, limits, eos_id: int, banned: tuple):
     return torch.where(at_limit, only_eos, log_probs)
 
 
+def repeated_ngram_bans(seqs, index: int, n: int, vocab: int):
+    """(rows, vocab) bool: the tokens that would complete an n-gram already in each row. seqs: (rows, max_len), the
+    tokens produced so far at positions < index (later positions are ignored)."""
+    rows, max_len = seqs.shape
+    banned = torch.zeros((rows, vocab), dtype=torch.bool, device=seqs.device)
+    if max_len < n or index < n:  # no whole n-gram before position index yet
+        return banned
+    windows = seqs[:, :index].unfold(1, n, 1)  # (rows, index - n + 1, n): every n-gram wholly before index
+    tail = seqs[:, index - (n - 1) : index]  # (rows, n - 1): the prefix an n-gram completed now would start with
+    match = (windows[:, :, :-1] == tail[:, None, :]).all(dim=-1)  # (rows, index - n + 1)
+    rows_index = torch.arange(rows, device=seqs.device)[:, None].expand_as(match)
+    banned[rows_index[match], windows[:, :, -1][match]] = True
+    return banned
+
+
+def _ban(log_probs, seqs, index: int, eos_id: int, min_len: int, no_repeat_ngram_size: int):
+    """The summary options: EOS banned before `min_len` tokens, tokens completing a repeated n-gram banned.
+    log_probs: (rows, vocab) or (batch, k, vocab) with seqs (rows, max_len) or (batch, k, max_len). Applied before
+    `_constrain`, so a sentence at its length limit still ends."""
+    if min_len and index < min_len:
+        log_probs = log_probs.clone()
+        log_probs[..., eos_id] = NEG_INF
+    if no_repeat_ngram_size:
+        vocab = log_probs.shape[-1]
+        banned = repeated_ngram_bans(seqs.reshape(-1, seqs.shape[-1]), index, no_repeat_ngram_size, vocab)
+        log_probs = torch.where(banned.reshape(log_probs.shape), NEG_INF, log_probs)
+    return log_probs
+
+
 def _top_k(x, k: int):
     """`jax.lax.top_k` on the last axis: the k largest, sorted, equal values in index order (a stable sort)."""
     values, indices = torch.sort(x, dim=-1, descending=True, stable=True)
@@ -49,7 +79,9 @@ def _default_limits(src_ids, max_len: int, limits):
 
 
 @torch.no_grad()
-def greedy_search(model, src_ids, max_len: int, bos_id: int, eos_id: int, limits=None):
+def greedy_search(
+    model, src_ids, max_len: int, bos_id: int, eos_id: int, limits=None, min_len: int = 0, no_repeat_ngram_size: int = 0
+):
     """Pick the most probable next token at every step until every sentence emitted EOS (or reached its limit)."""
     src_ids = torch.as_tensor(src_ids, dtype=torch.long)
     batch, pad_id = src_ids.shape[0], model.config.pad_id
@@ -63,6 +95,7 @@ def greedy_search(model, src_ids, max_len: int, bos_id: int, eos_id: int, limits
     index = 0
     while index < max_len and not bool(done.all()):
         logits, cache = model.decode_step(last, index, cache, cross, src_mask)  # (batch, vocab)
+        logits = _ban(logits, output, index, eos_id, min_len, no_repeat_ngram_size)
         logits = _constrain(logits, index, limits, eos_id, (pad_id, bos_id))
         token = torch.where(done, pad_id, logits.argmax(dim=-1))
         output[:, index] = token
@@ -77,7 +110,10 @@ def length_penalty(length, alpha: float):
 
 
 @torch.no_grad()
-def beam_search(model, src_ids, beam_size: int, max_len: int, bos_id: int, eos_id: int, alpha: float, limits=None):
+def beam_search(
+    model, src_ids, beam_size: int, max_len: int, bos_id: int, eos_id: int, alpha: float, limits=None,
+    min_len: int = 0, no_repeat_ngram_size: int = 0,
+):  # fmt: skip
     """Batched beam search over the KV cache. Returns (tokens (batch, max_len), scores (batch,)) of the best
     hypothesis per sentence, scored log P(y | x) / length_penalty(|y|) with |y| counting EOS.
 
@@ -115,6 +151,7 @@ def beam_search(model, src_ids, beam_size: int, max_len: int, bos_id: int, eos_i
         logits, cache = model.decode_step(last, index, cache, cross, src_mask)  # (batch * k, vocab)
         vocab = logits.shape[-1]
         log_probs = torch.log_softmax(logits.float(), dim=-1).reshape(batch, k, vocab)
+        log_probs = _ban(log_probs, alive_seqs, index, eos_id, min_len, no_repeat_ngram_size)
         log_probs = _constrain(log_probs, index, limits, eos_id, (pad_id, bos_id))
         candidates = (alive_logp[:, :, None] + log_probs).reshape(batch, k * vocab)
         top_logp, top_index = _top_k(candidates, 2 * k)  # (batch, 2k)

@@ -21,7 +21,7 @@ from .model import Transformer, load_config
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 # the paper's decoding (§6.1), used when config.json has no `decode` section
-DEFAULT_DECODE = {"beam_size": 4, "alpha": 0.6, "max_extra_len": 50}
+DEFAULT_DECODE = {"beam_size": 4, "alpha": 0.6, "max_extra_len": 50, "min_len": 0, "no_repeat_ngram_size": 0}
 
 
 def load_pretrained(model_dir: str, device: str | torch.device = "cpu"):
@@ -43,6 +43,7 @@ def load_pretrained(model_dir: str, device: str | torch.device = "cpu"):
     model.load_state_dict(load_file(paths["model.safetensors"]), strict=True)
     model.to(device).eval()
     model.decode_defaults = {**DEFAULT_DECODE, **{k: v for k, v in full_config.get("decode", {}).items()}}
+    model.max_source_len = int(full_config.get("data", {}).get("max_source_len", 0))
 
     sp = sentencepiece.SentencePieceProcessor(model_file=paths["spm.model"])
     found = (sp.pad_id(), sp.unk_id(), sp.bos_id(), sp.eos_id())
@@ -67,20 +68,22 @@ def decode_ids(sp, rows) -> list[str]:
     return sp.decode(cleaned)
 
 
-def search(model, src_ids, beam_size: int, alpha: float, max_extra_len: int):
+def search(model, src_ids, beam_size: int, alpha: float, max_extra_len: int, min_len: int = 0, no_repeat: int = 0):
     """Token ids (batch, max_len) for a padded batch of source ids (batch, src_len), as `Translator.search` does:
-    max_len = min(src_len + max_extra_len, model.max_len), per-sentence limits from the real source lengths."""
+    max_len = min(src_len + max_extra_len, model.max_len), per-sentence limits from the real source lengths;
+    min_len and no_repeat (n-gram size) as decode.min_len and decode.no_repeat_ngram_size (0: off)."""
     src_ids = torch.as_tensor(src_ids, dtype=torch.long, device=next(model.parameters()).device)
     max_len = min(src_ids.shape[1] + max_extra_len, model.config.max_len)
     limits = output_limits(src_ids, model.config.pad_id, max_extra_len, max_len)
     if beam_size == 1:
-        return greedy_search(model, src_ids, max_len, BOS_ID, EOS_ID, limits)
-    return beam_search(model, src_ids, beam_size, max_len, BOS_ID, EOS_ID, alpha, limits)[0]
+        return greedy_search(model, src_ids, max_len, BOS_ID, EOS_ID, limits, min_len, no_repeat)
+    return beam_search(model, src_ids, beam_size, max_len, BOS_ID, EOS_ID, alpha, limits, min_len, no_repeat)[0]
 
 
 def translate(model, sp, sentences, beam_size=None, alpha=None, max_extra_len=None, batch_size: int = 32):
     """Translations of raw sentences (greedy when beam_size == 1), in input order. Unset search settings come from
-    the exported config's decode section. Sentences are batched by length; each output depends only on its own
+    the exported config's decode section (as do min_len and no_repeat_ngram_size), and sources longer than its
+    data.max_source_len are truncated. Sentences are batched by length; each output depends only on its own
     source (per-sentence limits), not on its batch."""
     defaults = getattr(model, "decode_defaults", DEFAULT_DECODE)
     beam_size = defaults["beam_size"] if beam_size is None else beam_size
@@ -88,7 +91,8 @@ def translate(model, sp, sentences, beam_size=None, alpha=None, max_extra_len=No
     max_extra_len = defaults["max_extra_len"] if max_extra_len is None else max_extra_len
     if beam_size < 1:
         raise ValueError(f"beam_size must be at least 1, got {beam_size}")
-    sources = [ids + [EOS_ID] for ids in sp.encode(list(sentences), out_type=int)]
+    limit = getattr(model, "max_source_len", 0)  # data.max_source_len: long sources are cut as in training
+    sources = [(ids[: limit - 1] if limit else ids) + [EOS_ID] for ids in sp.encode(list(sentences), out_type=int)]
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
     outputs = [""] * len(sources)
     for start in range(0, len(order), batch_size):
@@ -97,7 +101,8 @@ def translate(model, sp, sentences, beam_size=None, alpha=None, max_extra_len=No
         src = torch.full((len(rows), width), model.config.pad_id, dtype=torch.long)
         for r, i in enumerate(rows):
             src[r, : len(sources[i])] = torch.tensor(sources[i])
-        tokens = search(model, src, beam_size, alpha, max_extra_len)
+        options = (defaults["min_len"], defaults["no_repeat_ngram_size"])
+        tokens = search(model, src, beam_size, alpha, max_extra_len, *options)
         for i, text in zip(rows, decode_ids(sp, tokens.tolist()), strict=True):
             outputs[i] = text
     return outputs
