@@ -22,7 +22,7 @@ from . import sharding
 from .checkpoint import Checkpointer
 from .config import Config, UserError
 from .inference import Translator
-from .metrics import bleu, lc_tok_bleu
+from .metrics import bleu, lc_tok_bleu, rouge
 from .model import Transformer
 from .run_log import RunLog
 from .train_lib import Steps, sum_metrics
@@ -242,13 +242,19 @@ def train(config: Config, *, crash_at_step: int | None = None) -> dict:
 def evaluate(
     config: Config, steps: Steps, translator: Translator, params, data: TranslationData, step: int, log: RunLog
 ) -> dict:
-    """Validation loss (every eval) and greedy BLEU (every `bleu_every` steps; 0: every eval)."""
+    """Validation loss (every eval) and greedy BLEU (every `bleu_every` steps; 0: every eval); for summaries
+    (decode.metric 'rouge') greedy ROUGE-1/2/L F1 instead of BLEU, logged whatever train.best_metric is."""
     tcfg = config.train
     started = time.time()
     result = evaluate_loss(steps, params, data.valid_examples, config)
-    if tcfg.best_metric == "bleu" and (tcfg.bleu_every == 0 or step % tcfg.bleu_every == 0 or step == tcfg.steps):
+    scheduled = tcfg.bleu_every == 0 or step % tcfg.bleu_every == 0 or step == tcfg.steps
+    summaries = config.decode.metric == "rouge"
+    if (tcfg.best_metric == "bleu" or summaries) and scheduled:
         n = tcfg.bleu_max_sentences or len(data.valid_examples)
         hypotheses = translator.translate_examples(data.valid_examples[:n], beam_size=1, params=params)
+    if summaries and scheduled:
+        result.update(rouge(hypotheses, data.valid_references[:n]))
+    elif tcfg.best_metric == "bleu" and scheduled:
         result["bleu"] = bleu(hypotheses, data.valid_references[:n])[0].score
         # The Multi30k literature's recipe (lowercased, Moses-tokenized) on the same output, for time-to-quality curves.
         result["lc_tok_bleu"] = lc_tok_bleu(hypotheses, data.valid_references[:n], config.data.tgt_lang)[0].score

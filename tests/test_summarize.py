@@ -204,3 +204,42 @@ def test_dialogsum_jsonl_is_bundled_and_read_with_configured_fields(tmp_path):
         read_sources_and_references(_dialogsum(tmp_path, references_field="topic"), "val")
     with pytest.raises(UserError, match="missing file"):
         _split_texts(_dialogsum(tmp_path), "dev", None)
+
+
+def test_summarization_run_end_to_end(tmp_path, capsys):
+    """A tiny run on a DialogSum slice: truncated sources, validation ROUGE in metrics.jsonl, then the evaluate
+    command on the three-reference test split with beam search, min_len and n-gram blocking."""
+    import gzip
+    import json
+
+    from jax_transformer import evaluate
+    from jax_transformer.config import Config, TrainConfig, model_preset
+    from jax_transformer.trainer import train
+
+    corpus = tmp_path / "dialogsum"
+    corpus.mkdir()
+    for split, n in (("train", 200), ("val", 8), ("test", 6)):
+        with gzip.open(DIALOGSUM / f"{split}.jsonl.gz", "rt", encoding="utf-8") as f:
+            lines = [next(f) for _ in range(n)]
+        (corpus / f"{split}.jsonl").write_text("".join(lines), encoding="utf-8")
+    data_cfg = _dialogsum(tmp_path, references_field="references", test_split="test", vocab_size=300, max_len=64,
+                          max_source_len=48, max_tokens=512, length_bucket_step=16, min_bucket_batches=2)  # fmt: skip
+    data_cfg.path = str(corpus)
+    config = Config(
+        name="s", run_dir=str(tmp_path / "run"), model=model_preset("test", max_len=128), data=data_cfg,
+        train=TrainConfig(steps=4, schedule="constant", learning_rate=1e-3, warmup_steps=1, log_every=2, eval_every=4,
+                          save_every=4, best_metric="loss"),
+        decode=DecodeConfig(beam_size=2, max_extra_len=8, metric="rouge"),
+    )  # fmt: skip
+    train(config)
+    assert "sources cut to data.max_source_len=48 tokens" in capsys.readouterr().err
+    valid = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl") if '"valid"' in line]
+    assert {"loss", "rouge1", "rouge2", "rougeL"} <= set(valid[-1]) and "bleu" not in valid[-1]
+    args = [str(tmp_path / "run"), "--split", "test", "--json", "--min-len", "3", "--no-repeat-ngram", "2"]
+    assert evaluate.main([*args, "--output", str(tmp_path / "hyp.txt")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["signature"].endswith("refs/example 3") and result["multi_ref"] == "max"
+    assert result["rouge1"] >= result["mean_over_references"]["rouge1"]
+    assert len((tmp_path / "hyp.txt").read_text(encoding="utf-8").splitlines()) == 6
+    assert evaluate.main([str(tmp_path / "run"), "--split", "nosuch"]) == 1  # one line, no traceback
+    assert "missing file" in capsys.readouterr().err
