@@ -70,6 +70,11 @@ def main(argv=None) -> int:
             result = score_rouge(hypotheses, references, args.multi_ref)
         else:  # BLEU and chrF against the first reference of each example
             result = score(hypotheses, [refs[0] for refs in references], data.tgt_lang)
+        if data.max_source_len:  # translate() cut these sources as training did
+            lengths = [len(ids) + 1 for ids in translator.tokenizer.encode(sources)]
+            result["truncated_sources"] = sum(n > data.max_source_len for n in lengths)
+            print(f"{result['truncated_sources']} of {len(sources)} sources truncated to data.max_source_len="
+                  f"{data.max_source_len} tokens", file=sys.stderr)  # fmt: skip
         if args.json:
             print(json.dumps(result))
         elif "rouge1" in result:

@@ -239,6 +239,7 @@ def test_summarization_run_end_to_end(tmp_path, capsys):
     assert evaluate.main([*args, "--output", str(tmp_path / "hyp.txt")]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["signature"].endswith("refs/example 3") and result["multi_ref"] == "max"
+    assert 0 < result["truncated_sources"] <= 6  # dialogues are longer than 48 tokens
     assert result["rouge1"] >= result["mean_over_references"]["rouge1"]
     assert len((tmp_path / "hyp.txt").read_text(encoding="utf-8").splitlines()) == 6
     assert evaluate.main([str(tmp_path / "run"), "--split", "nosuch"]) == 1  # one line, no traceback
