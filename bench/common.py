@@ -70,6 +70,17 @@ def machine_lines() -> list[str]:
     ]
 
 
+def xla_flags_line() -> str:
+    """A markdown bullet: the XLA_FLAGS this process runs with (XLA reads them once, when JAX starts its backend).
+
+    Measured 2026-11-25 (issue 10; jaxlib 0.10.2, 2-core Zen 4, loaded machine): the oneDNN flags
+    (--xla_cpu_experimental_onednn_custom_call, --xla_cpu_use_onednn, --xla_cpu_experimental_onednn_fusion_type)
+    compile our train step to byte-identical HLO, so they change nothing; --xla_cpu_experimental_ynn_fusion_type=dot
+    did change it (fewer YNNPACK fusions, bf16 dots kept bf16) but paid only on fp32 (~13% CPU time, tiny) and cost
+    bf16 ~11% (small), so the defaults are kept. Set XLA_FLAGS yourself to compare."""
+    return f"- XLA_FLAGS: {os.environ.get('XLA_FLAGS', '').strip() or '(none: jaxlib defaults)'}"
+
+
 def time_calls(fn: Callable[[], object], steps: int, warmup: int) -> tuple[list[float], float]:
     """Call `fn` `warmup` times, then `steps` times timing each call (fn must block until its work is done).
 

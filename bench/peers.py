@@ -22,6 +22,7 @@ Reported per row: the median step time of the timed steps after the warm-up ones
 tokens/s, and MFU = `train_throughput.train_flops` (analytic matmul FLOPs on the padded shapes, identical for every
 implementation of a size) / step time / the measured fp32 matmul peak (the larger of jnp.dot and torch.matmul).
 "ours / best peer" is the speed ratio of the faster of our two precisions to the fastest peer row of that size.
+The header prints the XLA_FLAGS in effect (none by default: see `common.xla_flags_line` for the flags measured).
 """
 
 import argparse
@@ -212,6 +213,7 @@ def main(argv=None) -> int:
     print(f"- jax {jax.__version__} (backend {jax.default_backend()}), flax {_version('flax')}, optax "
           f"{_version('optax')}, torch {torch.__version__} (threads {torch.get_num_threads()}), transformers "
           f"{transformers.__version__}, numpy {np.__version__}")  # fmt: skip
+    print(common.xla_flags_line())
     print(f"- config {args.config}; batch {args.rows} rows x (src {args.src_len} + tgt {args.tgt_len}) padded = "
           f"{padded_tokens} tokens, {real_tokens} real (src {real_src} + tgt {real_tgt}, "
           f"{100 * real_tokens / padded_tokens:.0f}%); vocabulary {vocab}")  # fmt: skip

@@ -21,6 +21,8 @@ JAX's compilation, shown separately); tokens/s = real (non-pad) source + target 
 time; MFU = model FLOPs per step (`train_flops`) / median step time / the measured fp32 matmul peak (the larger of
 the jnp.dot and torch.matmul peaks, so that every row shares one denominator). This is a CPU benchmark: other
 processes on the machine add noise, which the p10-p90 column makes visible.
+
+The header prints the XLA_FLAGS in effect (none by default: see `common.xla_flags_line` for the flags measured).
 """
 
 import argparse
@@ -256,6 +258,7 @@ def main(argv=None) -> int:
     print("\n".join(common.machine_lines()))
     print(f"- jax {jax.__version__} (backend {jax.default_backend()}), torch {torch.__version__} "
           f"(torch threads {torch.get_num_threads()}), numpy {np.__version__}")  # fmt: skip
+    print(common.xla_flags_line())
     overrides = "".join(f" --set {item}" for item in args.set)
     print(f"- config {args.config}{overrides}; batch {args.rows} rows x (src {args.src_len} + tgt {args.tgt_len}) "
           f"padded = {padded_tokens} tokens, {real_tokens} real (src {real_src} + tgt {real_tgt}, "
