@@ -150,6 +150,14 @@ def _write_json(path: str, data) -> None:
         f.write("\n")
 
 
+def best_checkpoint_step(checkpoints: Checkpointer) -> int | None:
+    """The kept checkpoint with the highest dev accuracy (latest on ties; the latest if none was evaluated).
+    Read from each checkpoint's saved metrics: orbax's `best_step()` is the latest step unless a `best_fn` is set."""
+    steps = checkpoints.all_steps()
+    scored = [(checkpoints.restore_meta(s).get("metrics", {}).get("accuracy", -1.0), s) for s in steps]
+    return max(scored)[1] if scored else None
+
+
 def train_classifier(config: ClassifyConfig) -> dict:
     """Fine-tune as `config` says in `config.directory`; returns the best checkpoint's dev report."""
     started = time.time()
@@ -249,7 +257,7 @@ def train_classifier(config: ClassifyConfig) -> dict:
         progress.close()
         log.close()
     train_seconds = time.time() - started
-    best_step = checkpoints.best_step()
+    best_step = best_checkpoint_step(checkpoints)
     checkpoints.close()
     classifier = Classifier.load(run_dir, step=best_step)
     report = classifier.evaluate(valid_set)
@@ -288,7 +296,7 @@ class Classifier:
         tokenizer = load_tokenizer(os.path.join(run_dir, "tokenizer"))
         model = build_model(model_config, len(labels["labels"]), config)
         checkpoints = Checkpointer(os.path.join(run_dir, "checkpoints"), keep=1, read_only=True)
-        step = step if step is not None else (checkpoints.best_step() or checkpoints.latest_step())
+        step = step if step is not None else best_checkpoint_step(checkpoints)
         if step is None:
             raise UserError(f"{run_dir} has no checkpoint yet")
         params = nnx.state(model, nnx.Param)

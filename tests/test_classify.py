@@ -64,7 +64,7 @@ def trained_run(tiny_bert, sst2_small, tmp_path_factory):
     from jax_transformer.classify import train_classifier
 
     run_dir = str(tmp_path_factory.mktemp("runs") / "clf")
-    report = train_classifier(small_config(tiny_bert, sst2_small, run_dir))
+    report = train_classifier(small_config(tiny_bert, sst2_small, run_dir, eval_every=1))
     return run_dir, report
 
 
@@ -129,7 +129,10 @@ def test_two_step_run_writes_the_run_directory(trained_run):
     assert report["examples"] == 64 and 0.0 <= report["accuracy"] <= 1.0
     assert np.asarray(report["confusion_matrix"]).sum() == 64
     kinds = [json.loads(line)["kind"] for line in open(os.path.join(run_dir, "metrics.jsonl"))]
-    assert kinds.count("train") == 2 and kinds.count("valid") == 1
+    assert kinds.count("train") == 2 and kinds.count("valid") == 2
+    valid = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl")) if '"valid"' in line]
+    best = max(valid, key=lambda r: (r["accuracy"], r["step"]))
+    assert report["step"] == best["step"] and report["accuracy"] == best["accuracy"]  # the best, not the latest
 
 
 def test_save_load_round_trip_reproduces_the_report(trained_run, sst2_small):
