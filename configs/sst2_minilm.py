@@ -1,8 +1,9 @@
 """SST-2 sentiment (GLUE; train 67,349 / dev 872, bundled in data/sst2) by fine-tuning all-MiniLM-L6-v2.
 
 The bundled sentence-transformers MiniLM (6 layers, d_model 384) with a mean-pooled linear head; AdamW, linear warmup
-(6%) and decay, clipping at 1.0. SST-2 sentences are short (train median ~10 WordPiece tokens, dev max ~66): max_len
-64 in 8-token buckets gives 8 batch shapes (~2x fewer padded tokens than 16-token buckets).
+(6%) and decay, clipping at 1.0. SST-2 sentences are short: with max_len 64 only 4 training sentences are truncated,
+and 8-token length buckets give 8 batch shapes with 79.8% real tokens. One epoch (2,107 updates) on a shared 2-core
+CPU: dev accuracy 89.1% (best checkpoint, step 2000), 66 minutes; more epochs are the first thing to try for >= 91%.
 """
 
 from jax_transformer.classify_config import ClassifyConfig, ClassifyDataConfig, ClassifyTrainConfig
