@@ -52,7 +52,15 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def best_step(self) -> int | None:
-        return self.manager.best_step()
+        """The kept checkpoint with the best saved metric (`_metric_for_ranking`; the latest on ties), or None when
+        none was evaluated. Read from each checkpoint's `meta`: orbax's own `best_step()` answers the latest step
+        unless its `best_fn` option is set, and a manager re-opened on an existing directory has no metrics."""
+        scored = []
+        for step in self.all_steps():
+            metrics = self.restore_meta(step).get("metrics") or {}
+            if metrics:
+                scored.append((_metric_for_ranking(metrics), step))
+        return max(scored)[1] if scored else None
 
     def save(self, step: int, state, meta: dict, metrics: dict | None = None) -> None:
         """Save `state` (a pytree of arrays) and `meta` (JSON-able) as checkpoint `step`."""

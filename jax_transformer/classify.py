@@ -151,11 +151,9 @@ def _write_json(path: str, data) -> None:
 
 
 def best_checkpoint_step(checkpoints: Checkpointer) -> int | None:
-    """The kept checkpoint with the highest dev accuracy (latest on ties; the latest if none was evaluated).
-    Read from each checkpoint's saved metrics: orbax's `best_step()` is the latest step unless a `best_fn` is set."""
-    steps = checkpoints.all_steps()
-    scored = [(checkpoints.restore_meta(s).get("metrics", {}).get("accuracy", -1.0), s) for s in steps]
-    return max(scored)[1] if scored else None
+    """The kept checkpoint with the highest dev accuracy (the latest if none was evaluated)."""
+    best = checkpoints.best_step()
+    return best if best is not None else checkpoints.latest_step()
 
 
 def train_classifier(config: ClassifyConfig) -> dict:

@@ -1,0 +1,29 @@
+"""Checkpointer: retention (last K + best) and the best step, also from a re-opened directory."""
+
+import numpy as np
+import pytest
+
+from jax_transformer.checkpoint import Checkpointer
+
+
+@pytest.mark.parametrize("metric, values, best", [("bleu", [5.0, 9.0, 7.0, 6.0], 2), ("loss", [3.0, 2.0, 1.5, 1.8], 3),
+                                                  ("accuracy", [0.8, 0.9, 0.85, 0.7], 2)])  # fmt: skip
+def test_best_step_is_the_best_metric_also_after_reopening(tmp_path, metric, values, best):
+    directory = str(tmp_path / "checkpoints")
+    checkpoints = Checkpointer(directory, keep=1, keep_best=True)
+    for step, value in enumerate(values, start=1):
+        state = {"params": {"w": np.full((2,), float(step), np.float32)}}
+        checkpoints.save(step, state, {"step": step, "metrics": {metric: value}}, metrics={metric: value})
+    checkpoints.save(5, {"params": {"w": np.zeros((2,), np.float32)}}, {"step": 5, "metrics": {}})  # not evaluated
+    assert checkpoints.best_step() == best
+    assert best in checkpoints.all_steps() and 5 in checkpoints.all_steps()  # the best and the latest are kept
+    checkpoints.close()
+    reopened = Checkpointer(directory, read_only=True)
+    assert reopened.best_step() == best
+    np.testing.assert_array_equal(reopened.restore_arrays(best)["params"]["w"], np.full((2,), float(best)))
+
+
+def test_no_evaluated_checkpoint_has_no_best(tmp_path):
+    checkpoints = Checkpointer(str(tmp_path / "c"), keep=2)
+    checkpoints.save(1, {"params": {"w": np.zeros((2,), np.float32)}}, {"step": 1, "metrics": {}})
+    assert checkpoints.best_step() is None
