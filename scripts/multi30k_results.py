@@ -35,14 +35,11 @@ def cpu_name() -> str:
 
 
 def score_split(translator, split: str, data_dir: str) -> dict:
-    from jax_transformer.evaluate import SPLITS, _read_gz, score
+    from jax_transformer.evaluate import _split_texts, score
 
-    data = translator.config.data
-    name = SPLITS[split]
-    sources = _read_gz(os.path.join(data_dir, f"{name}.{data.src_lang}.gz"))
-    references = _read_gz(os.path.join(data_dir, f"{name}.{data.tgt_lang}.gz"))
+    sources, references = _split_texts(translator.config.data, split, data_dir)
     hypotheses = translator.translate(sources, progress=False)
-    return score(hypotheses, references, data.tgt_lang)
+    return score(hypotheses, [refs[0] for refs in references], translator.config.data.tgt_lang)
 
 
 def minutes_at_steps(run_dir: str) -> dict[int, float]:
@@ -124,7 +121,7 @@ def main(argv=None) -> int:
         reached_test = next((c for c in curve if c["lc_tok_bleu"] >= args.target), None)
         test = results["test2016"]
         row = {
-            "recipe": os.path.basename(args.config), "direction": f"{config.data.src_lang}->{config.data.tgt_lang}",
+            "recipe": config.name, "direction": f"{config.data.src_lang}->{config.data.tgt_lang}",
             "test2016_lc_tok_bleu": test["lc_tok_bleu"], "test2016_bleu": test["bleu"], "test2016_chrf": test["chrf"],
             "val_lc_tok_bleu": results["val"]["lc_tok_bleu"], "val_bleu": results["val"]["bleu"],
             "parameters": params, "steps": last_step, "averaged_steps": steps,
