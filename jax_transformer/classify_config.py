@@ -13,7 +13,15 @@ import os
 import typing
 from dataclasses import dataclass, field
 
-from .config import Config, ConfigError, _from_dict, _one_of, _parse_override_value, _require, load_config_file
+from .config import (
+    Config,
+    ConfigError,
+    RunConfigFile,
+    _one_of,
+    _parse_override_value,
+    _require,
+    load_config_file,
+)
 
 TASK = "classification"
 
@@ -92,7 +100,7 @@ class ClassifyTrainConfig:
 
 
 @dataclass
-class ClassifyConfig:
+class ClassifyConfig(RunConfigFile):
     task: str = TASK
     name: str = "classify"
     run_dir: str = ""  # default: runs/{name}
@@ -114,21 +122,6 @@ class ClassifyConfig:
             0 <= self.classifier_dropout < 1, f"classifier_dropout must be in [0, 1), got {self.classifier_dropout}"
         )
 
-    @property
-    def directory(self) -> str:
-        return self.run_dir or os.path.join("runs", self.name)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "ClassifyConfig":
-        return _from_dict(cls, data, "")
-
-    def save(self, path: str) -> None:
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2)
-            f.write("\n")
 
 
 def apply_classify_overrides(config: ClassifyConfig, overrides: list[str]) -> ClassifyConfig:

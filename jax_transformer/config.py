@@ -305,8 +305,44 @@ class MeshConfig:
         )
 
 
+class RunConfigFile:
+    """What every top-level config of a run shares (`Config`, `ClassifyConfig`): its run directory and the
+    config.json round trip (`save` / `load`, validated again on load)."""
+
+    name: str
+    run_dir: str
+
+    @property
+    def directory(self) -> str:
+        """The run directory: `run_dir` if set, else runs/{name}."""
+        return self.run_dir or os.path.join("runs", self.name)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        return _from_dict(cls, data, "")
+
+    def save(self, path: str) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=2)
+            f.write("\n")
+
+    @classmethod
+    def load(cls, path: str):
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"no config file at {path}") from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path} is not valid JSON ({e})") from None
+        return cls.from_dict(data)
+
+
 @dataclass
-class Config:
+class Config(RunConfigFile):
     name: str = "run"
     run_dir: str = ""  # default: runs/{name}
     seed: int = 0
@@ -319,33 +355,6 @@ class Config:
     def __post_init__(self):
         _require(bool(self.name), "name must not be empty")
 
-    @property
-    def directory(self) -> str:
-        """The run directory: `run_dir` if set, else runs/{name}."""
-        return self.run_dir or os.path.join("runs", self.name)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "Config":
-        return _from_dict(cls, data, "")
-
-    def save(self, path: str) -> None:
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2)
-            f.write("\n")
-
-    @classmethod
-    def load(cls, path: str) -> "Config":
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except FileNotFoundError:
-            raise ConfigError(f"no config file at {path}") from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path} is not valid JSON ({e})") from None
-        return cls.from_dict(data)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
