@@ -6,11 +6,9 @@ work as for translation configs (`config.py`). The resolved config (labels fille
 config.json with `"task": "classification"`, which is how `load_any_config` recognises it later.
 """
 
-import dataclasses
 import importlib.util
 import json
 import os
-import typing
 from dataclasses import dataclass, field
 
 from .config import (
@@ -18,8 +16,8 @@ from .config import (
     ConfigError,
     RunConfigFile,
     _one_of,
-    _parse_override_value,
     _require,
+    apply_overrides,
     load_config_file,
 )
 
@@ -124,31 +122,6 @@ class ClassifyConfig(RunConfigFile):
 
 
 
-def apply_classify_overrides(config: ClassifyConfig, overrides: list[str]) -> ClassifyConfig:
-    """`key.path=value` strings applied to a `ClassifyConfig`, then the whole config validated again."""
-    data = config.to_dict()
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like key=value, e.g. train.learning_rate=3e-5")
-        key, text = item.split("=", 1)
-        cls, node, parts = ClassifyConfig, data, key.split(".")
-        for i, part in enumerate(parts):
-            names = {f.name for f in dataclasses.fields(cls)}
-            if part not in names:
-                where = ".".join(parts[:i]) or "config"
-                raise ConfigError(f"unknown config key {key} ({where} has: {', '.join(sorted(names))})")
-            typ = typing.get_type_hints(cls)[part]
-            if dataclasses.is_dataclass(typ) != (i < len(parts) - 1):
-                raise ConfigError(
-                    f"{key}: {'.'.join(parts[: i + 1])} is {'a section' if i == len(parts) - 1 else 'not a section'}"
-                )
-            if i < len(parts) - 1:
-                cls, node = typ, node[part]
-            else:
-                node[part] = _parse_override_value(text, typ, key)
-    return ClassifyConfig.from_dict(data)
-
-
 def load_any_config(path: str, overrides: list[str] = ()) -> Config | ClassifyConfig:
     """A translation `Config` or a `ClassifyConfig` from a recipe file or a run's config.json, with overrides."""
     if not os.path.isfile(path):
@@ -160,7 +133,7 @@ def load_any_config(path: str, overrides: list[str] = ()) -> Config | ClassifyCo
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path} is not valid JSON ({e})") from None
         if isinstance(data, dict) and data.get("task") == TASK:
-            return apply_classify_overrides(ClassifyConfig.from_dict(data), list(overrides))
+            return apply_overrides(ClassifyConfig.from_dict(data), list(overrides))
         return load_config_file(path, overrides)
     spec = importlib.util.spec_from_file_location("_user_config", path)
     module = importlib.util.module_from_spec(spec)
@@ -172,7 +145,7 @@ def load_any_config(path: str, overrides: list[str] = ()) -> Config | ClassifyCo
     except Exception as e:  # a broken recipe file is a user error too
         raise ConfigError(f"could not load {path}: {type(e).__name__}: {e}") from None
     if isinstance(config, ClassifyConfig):
-        return apply_classify_overrides(config, list(overrides))
+        return apply_overrides(config, list(overrides))
     return load_config_file(path, overrides)
 
 

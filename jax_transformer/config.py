@@ -404,14 +404,15 @@ def _parse_override_value(text: str, typ, key: str):
         raise ConfigError(f"{key} must be of type {typ.__name__}, got {text!r}") from None
 
 
-def apply_overrides(config: Config, overrides: list[str]) -> Config:
-    """Apply `key.path=value` strings (the part after `--config.`) and re-validate the whole config."""
+def apply_overrides(config: RunConfigFile, overrides: list[str]) -> RunConfigFile:
+    """Apply `key.path=value` strings (the part after `--config.`) to a `Config` (or a `ClassifyConfig`) and
+    re-validate the whole config."""
     data = config.to_dict()
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like key=value, e.g. model.d_model=256")
+            raise ConfigError(f"override {item!r} must look like key=value, e.g. train.learning_rate=3e-4")
         key, text = item.split("=", 1)
-        cls, node, parts = Config, data, key.split(".")
+        cls, node, parts = type(config), data, key.split(".")
         for i, part in enumerate(parts):
             names = {f.name for f in dataclasses.fields(cls)}
             if part not in names:
@@ -426,7 +427,7 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
                 if dataclasses.is_dataclass(typ):
                     raise ConfigError(f"{key} is a section; set one of its fields, e.g. {key}.<field>=value")
                 node[part] = _parse_override_value(text, typ, key)
-    return Config.from_dict(data)
+    return type(config).from_dict(data)
 
 
 def load_config_file(path: str, overrides: list[str] = ()) -> Config:

@@ -14,7 +14,7 @@ from jax_transformer.classify_config import (
     ClassifyConfig,
     ClassifyDataConfig,
     ClassifyTrainConfig,
-    apply_classify_overrides,
+    apply_overrides,
     load_any_config,
 )
 from jax_transformer.config import Config, ConfigError, UserError
@@ -73,7 +73,7 @@ def test_recipe_loads_as_classification_config_and_refuses_unknown_keys():
     assert isinstance(config, ClassifyConfig) and config.train.learning_rate == 3e-5
     assert config.data.label_list == ["0", "1"] and config.data.display_names == ["negative", "positive"]
     with pytest.raises(ConfigError, match="unknown config key train.lr"):
-        apply_classify_overrides(config, ["train.lr=1"])
+        apply_overrides(config, ["train.lr=1"])
     with pytest.raises(ConfigError, match="unknown config key data.colour"):
         ClassifyConfig.from_dict({"data": {"colour": "x"}})
     with pytest.raises(ConfigError, match="pooling"):
