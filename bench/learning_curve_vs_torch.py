@@ -1,0 +1,167 @@
+"""Does our trainer learn as fast as an independent implementation? JAX vs `torch.nn.Transformer`, same batches.
+
+  python bench/learning_curve_vs_torch.py --steps 300                  # the main recipe's model, dropout off
+  python bench/learning_curve_vs_torch.py --steps 300 --dropout 0.3    # with the recipe's dropout
+
+Both sides train the model of `--config` (default: the main Multi30k recipe) on the same Multi30k batches, in the same
+order, from the same tokenizer (this project's BatchIterator and sentencepiece): ours through `train_lib.Steps` (the
+compiled step `train.py` uses), the reference a plain PyTorch loop around `torch.nn.Transformer` (post-norm, ReLU,
+shared and tied embeddings scaled by sqrt(d_model), interleaved sinusoids, Xavier init, Adam with the same betas,
+epsilon and learning-rate schedule, label smoothing through `F.cross_entropy`). Initial weights differ (each framework
+draws its own), so the curves agree to within seed noise, not exactly; a training bug on our side (masks, shifted
+targets, loss normalisation, the optimizer, dropout) shows up as a curve that falls clearly more slowly.
+
+Prints the training nll (nats per target token, no smoothing) every --log-every steps for both, side by side. This is
+a diagnostic, not a test: nothing is asserted.
+"""
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+import time
+
+import common  # noqa: F401  (puts the repository root on sys.path)
+
+
+def torch_reference(model_cfg, train_cfg, dropout: float):
+    import numpy as np
+    import torch
+    from torch import nn
+
+    d = model_cfg.d_model
+
+    class Reference(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embedding = nn.Embedding(model_cfg.vocab_size, d)
+            nn.init.normal_(self.embedding.weight, 0.0, d**-0.5)
+            self.transformer = nn.Transformer(
+                d, model_cfg.num_heads, model_cfg.num_encoder_layers, model_cfg.num_decoder_layers,
+                model_cfg.d_ff, dropout, batch_first=True,
+            )  # fmt: skip
+            for p in self.transformer.parameters():
+                if p.dim() > 1:
+                    nn.init.xavier_uniform_(p)
+            position = np.arange(model_cfg.max_len)[:, None]
+            angles = position / 10000 ** (np.arange(0, d, 2) / d)
+            table = np.zeros((model_cfg.max_len, d))
+            table[:, 0::2], table[:, 1::2] = np.sin(angles), np.cos(angles)
+            self.register_buffer("positions", torch.tensor(table, dtype=torch.float32))
+            self.dropout = nn.Dropout(dropout)
+
+        def embed(self, ids):
+            return self.dropout(self.embedding(ids) * math.sqrt(d) + self.positions[: ids.shape[1]])
+
+        def forward(self, src, tgt_in):
+            length = tgt_in.shape[1]
+            causal = torch.triu(torch.ones(length, length, dtype=torch.bool), 1)  # True = may not attend
+            src_pad, tgt_pad = src == model_cfg.pad_id, tgt_in == model_cfg.pad_id
+            hidden = self.transformer(
+                self.embed(src), self.embed(tgt_in), tgt_mask=causal, src_key_padding_mask=src_pad,
+                tgt_key_padding_mask=tgt_pad, memory_key_padding_mask=src_pad,
+            )  # fmt: skip
+            return hidden @ self.embedding.weight.T  # (batch, tgt_len, vocab)
+
+    model = Reference()
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=1.0, betas=(train_cfg.adam_b1, train_cfg.adam_b2), eps=train_cfg.adam_eps
+    )
+    return model, optimizer
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default=os.path.join(common.REPO_ROOT, "configs", "multi30k_en_de.py"))
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--dropout", type=float, default=0.0, help="dropout of both models (the recipe's is ignored)")
+    parser.add_argument("--log-every", type=int, default=50)
+    args = parser.parse_args(argv)
+
+    import dataclasses
+
+    import jax
+    import numpy as np
+    import torch
+    from flax import nnx
+    from torch.nn import functional as F
+
+    from jax_transformer import data as data_lib
+    from jax_transformer.config import load_config_file
+    from jax_transformer.model import Transformer
+    from jax_transformer.train_lib import Steps
+    from jax_transformer.trainer import resolve_config
+
+    torch.manual_seed(0)
+    torch.set_num_threads(common.available_cores())
+    config = load_config_file(args.config)
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, dropout=args.dropout))
+    pairs = data_lib.load_split(config.data, config.data.train_split)
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = data_lib.get_tokenizer(config.data, tmp, pairs)
+    config = resolve_config(config, tokenizer)
+    if config.model.norm_position != "post" or config.model.positional != "sinusoidal":
+        print("this comparison mirrors post-norm, sinusoidal models only", file=sys.stderr)
+        return 2
+    examples = data_lib.encode_examples(pairs, tokenizer, config.data.max_len).examples
+    batches = data_lib.BatchIterator(examples, config.data.max_tokens, config.data.length_bucket_step, seed=0)
+    model = Transformer(config.model, rngs=nnx.Rngs(params=0, dropout=1))
+    steps = Steps(config, model)
+    state = {"state": steps.init_state(nnx.state(model, nnx.Param))}
+    print(
+        f"# {common.cpu_model()}; jax {jax.__version__}, torch {torch.__version__}; {config.name}: d_model "
+        f"{config.model.d_model}, dropout {args.dropout}, {config.data.max_tokens} tokens/batch, "
+        f"{config.train.schedule} peak {config.train.learning_rate:g}"
+    )
+
+    def curve(train_one):
+        it, sums, out, started = iter(batches), [0.0, 0.0], {}, time.time()
+        for step in range(1, args.steps + 1):
+            nll, tokens = train_one(next(it), step - 1)
+            sums[0] += nll
+            sums[1] += tokens
+            if step % args.log_every == 0:
+                out[step] = sums[0] / sums[1]
+                sums = [0.0, 0.0]
+        return out, time.time() - started
+
+    def jax_step(batch, _):
+        state["state"], metrics = steps.train_step(state["state"], steps.shard_batch(batch))
+        metrics = jax.device_get(metrics)
+        return float(metrics["nll"]), float(metrics["tokens"])
+
+    ours, ours_s = curve(jax_step)
+
+    model, optimizer = torch_reference(config.model, config.train, args.dropout)
+    vocab = config.model.vocab_size
+
+    def torch_step(batch, count):
+        for group in optimizer.param_groups:
+            group["lr"] = float(steps.schedule(count))
+        src, tgt_in, tgt_out = (torch.from_numpy(np.asarray(batch[k], np.int64)) for k in ("src", "tgt_in", "tgt_out"))
+        logits = model(src, tgt_in).reshape(-1, vocab)
+        labels = tgt_out.reshape(-1)
+        loss = F.cross_entropy(
+            logits, labels, ignore_index=config.model.pad_id, label_smoothing=config.train.label_smoothing,
+            reduction="sum",
+        )  # fmt: skip
+        tokens = (labels != config.model.pad_id).sum()
+        optimizer.zero_grad()
+        (loss / tokens).backward()
+        optimizer.step()
+        with torch.no_grad():
+            nll = F.cross_entropy(logits, labels, ignore_index=config.model.pad_id, reduction="sum")
+        return float(nll), float(tokens)
+
+    reference, reference_s = curve(torch_step)
+    print("| step | ours (JAX) train nll | torch.nn.Transformer train nll |")
+    print("|---|---|---|")
+    for step in ours:
+        print(f"| {step} | {ours[step]:.4f} | {reference[step]:.4f} |")
+    print(f"wall time: ours {ours_s:.0f} s, torch.nn.Transformer {reference_s:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
