@@ -93,13 +93,13 @@ def main():
         runners["jax uncached"] = jax_runner(UncachedStepper(model))
     if "hf" not in args.skip:
         import torch
-        from transformers import MarianMTModel
+        from transformers import AutoModelForSeq2SeqLM
 
-        from jax_transformer.hf_marian import save_marian
+        from jax_transformer.hf_export import save_hf
 
         out = os.path.join(tempfile.mkdtemp(), "hf")
-        save_marian(model, config, tok, out)
-        hf = MarianMTModel.from_pretrained(out).eval()
+        save_hf(model, config, tok, out)
+        hf = AutoModelForSeq2SeqLM.from_pretrained(out).eval()
 
         def hf_translate(src):
             with torch.no_grad():

@@ -1,4 +1,4 @@
-"""Export a trained model for PyTorch (torch_ref) or Hugging Face transformers (MarianMTModel). Offline, no pickles.
+"""Export a trained model for PyTorch (torch_ref) or Hugging Face transformers (Marian / Pegasus). Offline, no pickles.
 
   python -m jax_transformer.export runs/multi30k_en_de --to torch --out exports/en_de_torch
   python -m jax_transformer.export runs/multi30k_en_de --step best --to hf --out exports/en_de_marian
@@ -6,11 +6,13 @@
 MODEL is a run directory (its latest checkpoint, or --step best|N), an averaged model directory or an exported one.
 --to torch writes config.json, model.safetensors (torch_ref names) and spm.model:
     from torch_ref import load_pretrained, translate; model, sp = load_pretrained(DIR)
---to hf writes a MarianMTModel directory (config.json, generation_config.json, model.safetensors) plus a
-MarianTokenizer (source.spm, target.spm, vocab.json, tokenizer_config.json):
-    MarianMTModel.from_pretrained(DIR), MarianTokenizer.from_pretrained(DIR)
-Marian cannot express pre-norm layers, learned positions or a LayerNorm epsilon other than 1e-5: such models are
-refused for --to hf (use --to torch). Paper-style interleaved sinusoids are exported exactly (features permuted).
+--to hf writes a transformers directory (config.json, generation_config.json, model.safetensors) plus a
+MarianTokenizer (source.spm, target.spm, vocab.json, tokenizer_config.json): a MarianMTModel for post-norm models, a
+PegasusForConditionalGeneration (Marian with pre-norm layers and final LayerNorms) for pre-norm ones:
+    AutoModelForSeq2SeqLM.from_pretrained(DIR), AutoTokenizer.from_pretrained(DIR)
+Neither can express learned positions or a LayerNorm epsilon other than 1e-5, and Pegasus has one vocabulary: such
+models are refused for --to hf (use --to torch). Paper-style interleaved sinusoids are exported exactly (features
+permuted).
 """
 
 import argparse
@@ -37,18 +39,18 @@ def export(model_path: str, to: str, out_dir: str, step: str = "latest") -> None
 
     if to == "hf" and os.path.isfile(os.path.join(model_path, "config.json")):
         from .config import Config
-        from .hf_marian import check_exportable
+        from .hf_export import check_exportable
 
         check_exportable(Config.load(os.path.join(model_path, "config.json")).model)  # refuse before loading weights
     translator = load_translator(model_path, step)
     if to == "hf":
         from flax import nnx
 
-        from .hf_marian import save_marian
+        from .hf_export import save_hf
 
         model = nnx.merge(translator.graphdef, translator.params, translator.rest)
         model.eval()
-        save_marian(model, translator.config, translator.tokenizer, out_dir)
+        save_hf(model, translator.config, translator.tokenizer, out_dir)
     else:
         from .inference import save_model_dir
 
@@ -59,7 +61,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 2)[2],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("model", help="run directory, averaged or exported model directory")
-    parser.add_argument("--to", required=True, choices=TARGETS, help="torch: torch_ref directory; hf: MarianMTModel")
+    parser.add_argument("--to", required=True, choices=TARGETS, help="torch: torch_ref directory; hf: Marian/Pegasus")
     parser.add_argument("--out", required=True, help="output directory (must not exist or be empty)")
     parser.add_argument("--step", default="latest", help="checkpoint of a run: latest (default), best, or a step")
     args = parser.parse_args(argv)

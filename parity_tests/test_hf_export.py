@@ -1,9 +1,10 @@
-"""`export --to hf`: Hugging Face transformers' own `MarianMTModel` / `MarianTokenizer` load the exported directory and
-compute what the JAX model computes.
+"""`export --to hf`: Hugging Face transformers' own `MarianMTModel` (post-norm models) or
+`PegasusForConditionalGeneration` (pre-norm models) and `MarianTokenizer` load the exported directory and compute what
+the JAX model computes.
 
-  * logits of `MarianMTModel.from_pretrained(dir)` within 1e-4 of the JAX model (decoder input starting with BOS), for
-    the paper's model with either sinusoid layout (interleaved is exported by permuting features) and for unshared,
-    untied, GELU, bias-free, unscaled variants;
+  * logits of `AutoModelForSeq2SeqLM.from_pretrained(dir)` within 1e-4 of the JAX model (decoder input starting with
+    BOS), for the paper's model with either sinusoid layout (interleaved is exported by permuting features), for
+    unshared, untied, GELU, bias-free, unscaled variants, and for pre-norm models (Pegasus);
   * the tokenizer (`MarianTokenizer` and `AutoTokenizer`) gives our ids + EOS and decodes back to our text;
   * `generate(num_beams=1)` reproduces our greedy search token for token (per sentence, max_new_tokens = our limit);
   * `generate(num_beams=4, length_penalty=0, early_stopping='never')` reproduces our beam search with alpha=0 on the
@@ -12,7 +13,8 @@ compute what the JAX model computes.
     more probable. With alpha > 0 the scores differ by design: HF divides log P by length^length_penalty, we by
     GNMT's ((5 + length) / 6)^alpha (measured, not asserted equal, in
     `test_beam_with_length_penalty_is_close_but_not_identical`);
-  * options Marian cannot express are refused with a one-line message; the directory holds no pickles.
+  * the same greedy and beam equalities for an untrained pre-norm model exported as Pegasus;
+  * options neither can express are refused with a one-line message; the directory holds no pickles.
 
 The copy-task model is trained by (and shared with) test_export_torch.py. Run with `-s` to see the measurements.
 """
@@ -26,11 +28,17 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
-from transformers import AutoTokenizer, MarianMTModel, MarianTokenizer
+from transformers import (
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    MarianMTModel,
+    MarianTokenizer,
+    PegasusForConditionalGeneration,
+)
 
 from jax_transformer import export as export_cli
 from jax_transformer.config import UserError
-from jax_transformer.hf_marian import check_exportable, save_marian
+from jax_transformer.hf_export import check_exportable, save_hf
 from jax_transformer.inference import load_translator
 from jax_transformer.model import Transformer, sinusoidal_positions
 
@@ -60,6 +68,10 @@ HF_VARIANTS = {
     ),
     "unshared-tied-gelu_tanh": dict(share_embeddings=False, target_vocab_size=37, activation="gelu_tanh"),
     "shared-untied": dict(tie_output=False),
+    "pre-norm-interleaved": dict(norm_position="pre", sinusoidal_layout="interleaved"),
+    "pre-norm-untied-gelu-nobias-noscale": dict(
+        norm_position="pre", tie_output=False, activation="gelu", use_bias=False, scale_embeddings=False,
+    ),
 }  # fmt: skip
 
 
@@ -92,6 +104,23 @@ def random_export(tmp_path_factory):
     if not os.path.exists(out):
         assert export_cli.main([source, "--to", "hf", "--out", out]) == 0
     return load_translator(source), MarianMTModel.from_pretrained(out).eval(), out
+
+
+@pytest.fixture(scope="module")
+def pre_norm_export(tmp_path_factory):
+    """The same for an untrained pre-norm model (shared embeddings, interleaved sinusoids): exported as Pegasus."""
+    base = tmp_path_factory.getbasetemp()
+    source = random_model_dir(base, "random_pre_norm_model", favour_pad_bos=True, norm_position="pre")
+    out = os.path.join(str(base), "random_pre_norm_model_hf")
+    if not os.path.exists(out):
+        assert export_cli.main([source, "--to", "hf", "--out", out]) == 0
+    hf_model = AutoModelForSeq2SeqLM.from_pretrained(out).eval()
+    assert isinstance(hf_model, PegasusForConditionalGeneration)
+    return load_translator(source), hf_model, out
+
+
+def pick(which, copy_export, random_export, pre_norm_export):
+    return {"copy": copy_export, "random": random_export, "random-pre-norm": pre_norm_export}[which]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -131,9 +160,10 @@ def test_logits_match_jax(variant, tmp_path):
     config = make_config(tokenizer.vocab_size, **HF_VARIANTS[variant])
     model = Transformer(config.model, rngs=nnx.Rngs(1))
     model.eval()
-    save_marian(model, config, tokenizer, str(tmp_path / "hf"))
-    hf_model = MarianMTModel.from_pretrained(str(tmp_path / "hf")).eval()
-    assert not hf_model.training
+    save_hf(model, config, tokenizer, str(tmp_path / "hf"))
+    hf_model = AutoModelForSeq2SeqLM.from_pretrained(str(tmp_path / "hf")).eval()
+    expected = PegasusForConditionalGeneration if config.model.norm_position == "pre" else MarianMTModel
+    assert type(hf_model) is expected and not hf_model.training
 
     src = padded_batch(tokenizer, SENTENCES)
     tgt = np.concatenate([np.full((len(src), 1), BOS, np.int32), src[:, :-1]], axis=1)
@@ -146,7 +176,7 @@ def test_logits_match_jax(variant, tmp_path):
             decoder_attention_mask=torch.as_tensor(tgt != PAD),
         ).logits.numpy()  # fmt: skip
     diff = max_diff(ours[tgt != PAD], theirs[tgt != PAD])
-    print(f"\n{variant}: logits max |JAX - HF Marian| = {diff:.2e}")
+    print(f"\n{variant}: logits max |JAX - HF {type(hf_model).__name__}| = {diff:.2e}")
     assert diff < HF_LOGITS_ATOL
 
 
@@ -200,13 +230,13 @@ def hf_as_lists(outputs: list[list[int]]) -> list[list[int]]:
     return [row[: row.index(EOS) + 1] if EOS in row else row for row in outputs]
 
 
-@pytest.mark.parametrize("which", ["copy", "random"])
-def test_greedy_generate_reproduces_our_greedy(which, copy_export, random_export):
-    translator, hf_model, _ = copy_export if which == "copy" else random_export
+@pytest.mark.parametrize("which", ["copy", "random", "random-pre-norm"])
+def test_greedy_generate_reproduces_our_greedy(which, copy_export, random_export, pre_norm_export):
+    translator, hf_model, _ = pick(which, copy_export, random_export, pre_norm_export)
     ours = ours_as_lists(translator.search(padded_batch(translator.tokenizer, SENTENCES), 1, 0.0))
     theirs = hf_generate(hf_model, translator, num_beams=1)
     assert hf_as_lists(theirs) == ours
-    if which == "random":  # untrained: every output runs to its limit, where EOS is forced on both sides
+    if which != "copy":  # untrained: every output runs to its limit, where EOS is forced on both sides
         assert [len(row) for row in ours] == [min(len(ids) + 1 + MAX_EXTRA_LEN, 32) for ids in
                                               translator.tokenizer.encode(SENTENCES)]  # fmt: skip
         # and PAD / BOS, which it favours, are banned on both sides (generation_config.json: suppress_tokens)
@@ -229,14 +259,14 @@ def log_probs(hf_model, src: np.ndarray, outputs: list[list[int]]) -> np.ndarray
     return np.array([sum(logp[row, i, token] for i, token in enumerate(out)) for row, out in enumerate(outputs)])
 
 
-@pytest.mark.parametrize("which", ["copy", "random"])
-def test_beam_generate_without_length_penalty_reproduces_ours(which, copy_export, random_export):
+@pytest.mark.parametrize("which", ["copy", "random", "random-pre-norm"])
+def test_beam_generate_without_length_penalty_reproduces_ours(which, copy_export, random_export, pre_norm_export):
     """alpha = 0 and length_penalty = 0 score hypotheses alike (log P), early_stopping='never' stops alike. On the
     trained model HF's beam search returns exactly ours. The untrained model shows the one algorithmic difference:
     there a bare EOS is a top-2K but not a top-K candidate at the first step, which we keep as a finished hypothesis
     (and, without length penalty, it is the best one) while HF drops it; wherever the outputs differ, ours must be the
     more probable one."""
-    translator, hf_model, _ = copy_export if which == "copy" else random_export
+    translator, hf_model, _ = pick(which, copy_export, random_export, pre_norm_export)
     ours = ours_as_lists(translator.search(padded_batch(translator.tokenizer, SENTENCES), 4, 0.0))
     theirs = hf_as_lists(hf_generate(hf_model, translator, num_beams=4, length_penalty=0.0, early_stopping="never"))
     if which == "copy":
@@ -271,22 +301,23 @@ def test_beam_with_length_penalty_is_close_but_not_identical(copy_export):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (dict(norm_position="pre"), "model.norm_position='pre'"),
+        (dict(norm_position="pre", share_embeddings=False, target_vocab_size=37), "model.share_embeddings=False"),
         (dict(positional="learned"), "model.positional='learned'"),
         (dict(layer_norm_eps=1e-6), "model.layer_norm_eps=1e-06"),
     ],
 )
 def test_inexpressible_options_are_refused(overrides, message):
     config = make_config(40, **overrides)
-    with pytest.raises(UserError, match="cannot export to Hugging Face Marian") as error:
+    with pytest.raises(UserError, match="cannot export to Hugging Face") as error:
         check_exportable(config.model)
     assert message in str(error.value) and "--to torch" in str(error.value)
 
 
-def test_export_command_refuses_pre_norm(tmp_path_factory, tmp_path, capsys):
-    source = random_model_dir(tmp_path_factory.getbasetemp(), "random_model", **RANDOM_VARIANT)  # pre-norm, learned
+def test_export_command_refuses_what_hf_cannot_express(tmp_path_factory, tmp_path, capsys):
+    # pre-norm with separate vocabularies and learned positions
+    source = random_model_dir(tmp_path_factory.getbasetemp(), "random_model", **RANDOM_VARIANT)
     assert export_cli.main([source, "--to", "hf", "--out", str(tmp_path / "hf")]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: cannot export to Hugging Face Marian") and err.strip().count("\n") == 0, err
-    assert "norm_position='pre'" in err and "positional='learned'" in err
+    assert err.startswith("error: cannot export to Hugging Face") and err.strip().count("\n") == 0, err
+    assert "share_embeddings=False" in err and "positional='learned'" in err
     assert not (tmp_path / "hf").exists()
