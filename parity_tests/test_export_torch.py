@@ -9,7 +9,7 @@ Two models, each saved with `save_model_dir` (what `export --to torch` writes) a
 Checked: teacher-forced and incremental (KV-cache) logits within 1e-5 (fp32), greedy and beam (4, alpha 0.6)
 token ids identical on a padded batch, text translations identical, no pickles, and the command line.
 
-The trained model is cached under pytest's session temp dir; parity_tests/test_hf_marian.py reuses it.
+The trained model is cached under pytest's session temp dir; parity_tests/test_hf_export.py reuses it.
 Run with `-s` to see the measured differences.
 """
 
@@ -39,7 +39,7 @@ TRAIN_WIDTH = 16  # padded length of the training batches
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Models (shared with test_hf_marian.py)
+# Models (shared with test_hf_export.py)
 # ---------------------------------------------------------------------------------------------------------------------
 
 
