@@ -1,7 +1,20 @@
-"""Shared plumbing of the command-line entry points: user errors become one line on stderr and exit status 1."""
+"""Shared plumbing of the command-line entry points: user errors become one line on stderr and exit status 1, and
+compiled XLA programs are kept on disk so that the next command with the same shapes does not compile them again."""
 
 import os
 import sys
+
+# JAX's persistent compilation cache, unless the user (JAX_COMPILATION_CACHE_DIR) or a test session chose one: a
+# resumed run, the full recipe after the demo, or translate/evaluate after training reuse the executables compiled
+# before instead of compiling every batch shape again (2-3 minutes of the Multi30k recipe's 24 shapes on 2 cores).
+DEFAULT_COMPILATION_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "jax_transformer", "xla")
+
+
+def enable_compilation_cache() -> None:
+    import jax
+
+    if not jax.config.jax_compilation_cache_dir and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        jax.config.update("jax_compilation_cache_dir", DEFAULT_COMPILATION_CACHE)
 
 
 def run_cli(fn) -> int:
@@ -12,6 +25,7 @@ def run_cli(fn) -> int:
     from .config import UserError
 
     absl_logging.set_verbosity(absl_logging.ERROR)  # orbax and TFDS log routine notices as warnings
+    enable_compilation_cache()
 
     try:
         fn()
