@@ -1,7 +1,7 @@
 """Does our trainer learn as fast as an independent implementation? JAX vs `torch.nn.Transformer`, same batches.
 
   python bench/learning_curve_vs_torch.py --steps 300                  # the main recipe's model, dropout off
-  python bench/learning_curve_vs_torch.py --steps 300 --dropout 0.3    # with the recipe's dropout
+  python bench/learning_curve_vs_torch.py --steps 300 --dropout 0.1    # with the recipe's dropout
 
 Both sides train the model of `--config` (default: the main Multi30k recipe) on the same Multi30k batches, in the same
 order, from the same tokenizer (this project's BatchIterator and sentencepiece): ours through `train_lib.Steps` (the
