@@ -83,27 +83,30 @@ def assert_no_pickles(path: str) -> None:
         assert head[:1] != b"\x80" and head != b"PK", f"{name} looks like a pickle / torch.save zip"
 
 
-@pytest.fixture(scope="module")
-def copy_export(tmp_path_factory):
-    """(JAX translator, HF model, HF directory) of the trained copy model, exported with the command."""
-    base = tmp_path_factory.getbasetemp()
-    source = copy_model_dir(base)
-    out = os.path.join(str(base), "copy_model_hf")
+def exported(source: str, out: str, hf_class) -> tuple:
+    """(JAX translator, HF model, HF directory) of the model directory `source`, exported with the command into
+    `out` once per session; the directory must load as `hf_class` through AutoModelForSeq2SeqLM."""
     if not os.path.exists(out):
         assert export_cli.main([source, "--to", "hf", "--out", out]) == 0
-    return load_translator(source), MarianMTModel.from_pretrained(out).eval(), out
+    hf_model = AutoModelForSeq2SeqLM.from_pretrained(out).eval()
+    assert isinstance(hf_model, hf_class)
+    return load_translator(source), hf_model, out
+
+
+@pytest.fixture(scope="module")
+def copy_export(tmp_path_factory):
+    """The trained copy model (post-norm), exported as Marian."""
+    base = tmp_path_factory.getbasetemp()
+    return exported(copy_model_dir(base), os.path.join(str(base), "copy_model_hf"), MarianMTModel)
 
 
 @pytest.fixture(scope="module")
 def random_export(tmp_path_factory):
-    """The same for an untrained paper model with interleaved sinusoids (its outputs run into the limits), which
-    would generate PAD and BOS if the searches let it."""
+    """An untrained paper model with interleaved sinusoids (its outputs run into the limits), which would generate
+    PAD and BOS if the searches let it: exported as Marian."""
     base = tmp_path_factory.getbasetemp()
     source = random_model_dir(base, "random_paper_model", favour_pad_bos=True)
-    out = os.path.join(str(base), "random_paper_model_hf")
-    if not os.path.exists(out):
-        assert export_cli.main([source, "--to", "hf", "--out", out]) == 0
-    return load_translator(source), MarianMTModel.from_pretrained(out).eval(), out
+    return exported(source, os.path.join(str(base), "random_paper_model_hf"), MarianMTModel)
 
 
 @pytest.fixture(scope="module")
@@ -111,12 +114,7 @@ def pre_norm_export(tmp_path_factory):
     """The same for an untrained pre-norm model (shared embeddings, interleaved sinusoids): exported as Pegasus."""
     base = tmp_path_factory.getbasetemp()
     source = random_model_dir(base, "random_pre_norm_model", favour_pad_bos=True, norm_position="pre")
-    out = os.path.join(str(base), "random_pre_norm_model_hf")
-    if not os.path.exists(out):
-        assert export_cli.main([source, "--to", "hf", "--out", out]) == 0
-    hf_model = AutoModelForSeq2SeqLM.from_pretrained(out).eval()
-    assert isinstance(hf_model, PegasusForConditionalGeneration)
-    return load_translator(source), hf_model, out
+    return exported(source, os.path.join(str(base), "random_pre_norm_model_hf"), PegasusForConditionalGeneration)
 
 
 def pick(which, copy_export, random_export, pre_norm_export):
