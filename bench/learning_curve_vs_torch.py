@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     from jax_transformer import data as data_lib
     from jax_transformer.config import load_config_file
     from jax_transformer.model import Transformer
-    from jax_transformer.train_lib import Steps
+    from jax_transformer.train_lib import Steps, sum_metrics
     from jax_transformer.trainer import resolve_config
 
     torch.manual_seed(0)
@@ -113,7 +113,7 @@ def main(argv=None) -> int:
     batches = data_lib.BatchIterator(examples, config.data.max_tokens, config.data.length_bucket_step, seed=0)
     model = Transformer(config.model, rngs=nnx.Rngs(params=0, dropout=1))
     steps = Steps(config, model)
-    state = {"state": steps.init_state(nnx.state(model, nnx.Param))}
+    state = steps.init_state(nnx.state(model, nnx.Param))
     print(
         f"# {common.cpu_model()}; jax {jax.__version__}, torch {torch.__version__}; {config.name}: d_model "
         f"{config.model.d_model}, dropout {args.dropout}, {config.data.max_tokens} tokens/batch, "
@@ -121,20 +121,20 @@ def main(argv=None) -> int:
     )
 
     def curve(train_one):
-        it, sums, out, started = iter(batches), [0.0, 0.0], {}, time.time()
+        """Train --steps steps; the nll per target token of each --log-every window. `train_one` returns the step's
+        {'nll', 'tokens'} sums, which stay on the device until the window is summed (as in the trainer)."""
+        it, pending, out, started = iter(batches), [], {}, time.time()
         for step in range(1, args.steps + 1):
-            nll, tokens = train_one(next(it), step - 1)
-            sums[0] += nll
-            sums[1] += tokens
+            pending.append(train_one(next(it), step - 1))
             if step % args.log_every == 0:
-                out[step] = sums[0] / sums[1]
-                sums = [0.0, 0.0]
+                window = sum_metrics(pending)
+                out[step], pending = window["nll"] / window["tokens"], []
         return out, time.time() - started
 
     def jax_step(batch, _):
-        state["state"], metrics = steps.train_step(state["state"], steps.shard_batch(batch))
-        metrics = jax.device_get(metrics)
-        return float(metrics["nll"]), float(metrics["tokens"])
+        nonlocal state
+        state, metrics = steps.train_step(state, steps.shard_batch(batch))
+        return {"nll": metrics["nll"], "tokens": metrics["tokens"]}
 
     ours, ours_s = curve(jax_step)
 
@@ -157,7 +157,7 @@ def main(argv=None) -> int:
         optimizer.step()
         with torch.no_grad():
             nll = F.cross_entropy(logits, labels, ignore_index=config.model.pad_id, reduction="sum")
-        return float(nll), float(tokens)
+        return {"nll": float(nll), "tokens": float(tokens)}
 
     reference, reference_s = curve(torch_step)
     print("| step | ours (JAX) train nll | torch.nn.Transformer train nll |")
