@@ -26,6 +26,12 @@ def main() -> None:
     parser.add_argument("--max-train-examples", type=int, default=0, help="first N training rows only (0: all)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--out", default="runs/hf_trainer_sst2", help="Trainer output directory")
+    parser.add_argument("--run", default="", help="our run to compare with (default: the config's)")
+    parser.add_argument(
+        "--sampling", default="group_by_length", choices=["group_by_length", "random"],
+        help="Trainer's train_sampling_strategy: group_by_length (default; batches of similar lengths, as our length "
+        "buckets) or random (the Trainer's default, more padding)",
+    )  # fmt: skip
     args = parser.parse_args()
 
     import torch
@@ -68,7 +74,7 @@ def main() -> None:
         weight_decay=tcfg.weight_decay, max_grad_norm=tcfg.clip_grad_norm or 1e9,
         adam_beta1=tcfg.adam_b1, adam_beta2=tcfg.adam_b2, adam_epsilon=tcfg.adam_eps,
         logging_steps=tcfg.log_every, save_strategy="no", eval_strategy="no", report_to=[], seed=config.seed,
-        use_cpu=True, dataloader_num_workers=0, disable_tqdm=False,
+        use_cpu=True, dataloader_num_workers=0, disable_tqdm=False, train_sampling_strategy=args.sampling,
     )  # fmt: skip
     trainer = Trainer(model=model, args=training_args, train_dataset=train_set,
                       data_collator=DataCollatorWithPadding(tokenizer))  # fmt: skip
@@ -79,21 +85,24 @@ def main() -> None:
     accuracy = float((np.argmax(predictions.predictions, -1) == predictions.label_ids).mean())
 
     ours = {}
-    eval_path = os.path.join(config.directory, "eval.json")
+    run_dir = args.run or config.directory
+    eval_path = os.path.join(run_dir, "eval.json")
     if os.path.isfile(eval_path):
         with open(eval_path, encoding="utf-8") as f:
             ours = json.load(f)
     subset = f" (first {len(train_set):,} training rows)" if limit else ""
-    print(f"\nSST-2 dev, {config.pretrained}, {tcfg.epochs} epoch(s), batch {tcfg.batch_size}, lr {tcfg.learning_rate}")
+    print(f"\nSST-2 dev, {config.pretrained}, {tcfg.epochs} epoch(s), batch {tcfg.batch_size}, "
+          f"lr {tcfg.learning_rate}, HF sampling {args.sampling}, torch threads {torch.get_num_threads()}")  # fmt: skip
     print("| run | train examples | dev accuracy | training wall time |")
     print("|---|---|---|---|")
     print(f"| HF Trainer (PyTorch, CPU){subset} | {len(train_set):,} | {accuracy:.4f} | {train_seconds:.0f} s |")
     if ours:
         seconds = ours.get("wall_seconds", float("nan"))
         examples = cfg.max_train_examples or "all"
-        print(f"| this project (JAX, {config.directory}) | {examples} | {ours['accuracy']:.4f} | {seconds:.0f} s |")
+        print(f"| this project (JAX, {run_dir}) | {examples} | {ours['accuracy']:.4f} | {seconds:.0f} s |")
     result = {"hf_trainer": {"accuracy": accuracy, "wall_seconds": round(train_seconds, 1),
-                             "train_examples": len(train_set)}, "ours": ours}  # fmt: skip
+                             "train_examples": len(train_set), "sampling": args.sampling,
+                             "steps": int(trainer.state.global_step)}, "ours": ours}  # fmt: skip
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "result.json"), "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2)

@@ -2,8 +2,10 @@
 
 The bundled sentence-transformers MiniLM (6 layers, d_model 384) with a mean-pooled linear head; AdamW, linear warmup
 (6%) and decay, clipping at 1.0. SST-2 sentences are short: with max_len 64 only 4 training sentences are truncated,
-and 8-token length buckets give 8 batch shapes with 79.8% real tokens. One epoch (2,107 updates) on a shared 2-core
-CPU: dev accuracy 89.1% (best checkpoint, step 2000), 66 minutes; more epochs are the first thing to try for >= 91%.
+and 8-token length buckets give 8 batch shapes with 79.8% real tokens. Three epochs (6,321 updates) on the 2-core CPU,
+alone: dev accuracy 89.9% (best checkpoint, the last), 30 minutes (2026-12-01); one epoch gave 89.1% (2026-11-25).
+The 91% target is not reached: dev accuracy stays within 89-90% from the second epoch on, while training accuracy
+climbs to 98%.
 """
 
 from jax_transformer.classify_config import ClassifyConfig, ClassifyDataConfig, ClassifyTrainConfig
@@ -27,7 +29,7 @@ def get_config() -> ClassifyConfig:
             length_bucket_step=8,
         ),
         train=ClassifyTrainConfig(
-            epochs=1,
+            epochs=3,
             batch_size=32,
             learning_rate=1e-4,
             warmup_ratio=0.06,
