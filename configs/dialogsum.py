@@ -7,6 +7,10 @@ truncated to 320 tokens (EOS included: about 11% of the training dialogues are c
 The best checkpoint is chosen by validation loss; ROUGE-1/2/L come from `python -m jax_transformer.evaluate RUN
 --split test` (decode.metric 'rouge': max over DialogSum's three test references). Decoding: beam 4, GNMT length
 penalty 1.0, at least 10 tokens, no repeated trigram (as BART on CNN/DM).
+
+Training follows the Multi30k finding (configs/multi30k_en_de.py): pre-norm layers with a short warmup (400 steps) to
+a high inverse-sqrt peak (2e-3) learn several times faster in a CPU hour than post-norm with a long warmup; dropout
+0.1, since 3,000 updates are only about 7 epochs.
 """
 
 from jax_transformer.config import Config, DataConfig, DecodeConfig, TrainConfig, model_preset
@@ -15,7 +19,7 @@ from jax_transformer.config import Config, DataConfig, DecodeConfig, TrainConfig
 def get_config() -> Config:
     return Config(
         name="dialogsum",
-        model=model_preset("small", d_ff=512, dropout=0.2, max_len=512),
+        model=model_preset("small", d_ff=512, dropout=0.1, norm_position="pre", max_len=512),
         data=DataConfig(
             format="jsonl",
             path="data/dialogsum",
@@ -33,17 +37,17 @@ def get_config() -> Config:
             min_bucket_batches=4,
         ),  # fmt: skip
         train=TrainConfig(
-            steps=8000,
+            steps=3000,
             schedule="inverse_sqrt",
-            learning_rate=1e-3,
-            warmup_steps=800,
+            learning_rate=2e-3,
+            warmup_steps=400,
             label_smoothing=0.1,
             clip_grad_norm=1.0,
             log_every=50,
             eval_every=250,
             best_metric="loss",
             save_every=250,
-            keep_checkpoints=3,
+            keep_checkpoints=5,
         ),  # fmt: skip
         decode=DecodeConfig(beam_size=4, alpha=1.0, min_len=10, no_repeat_ngram_size=3, metric="rouge"),
     )
