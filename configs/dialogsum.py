@@ -10,7 +10,8 @@ penalty 1.0, at least 10 tokens, no repeated trigram (as BART on CNN/DM).
 
 Training follows the Multi30k finding (configs/multi30k_en_de.py): pre-norm layers with a short warmup (400 steps) to
 a high inverse-sqrt peak (2e-3) learn several times faster in a CPU hour than post-norm with a long warmup; dropout
-0.1, since 3,000 updates are only about 7 epochs.
+0.1, since 3,000 updates are only about 7 epochs. Measured 2026-12-01 on 2 CPU cores, alone: 59 minutes; test
+ROUGE-1/2/L 39.8 / 13.6 / 32.7 (best of the 3 references; 33.6 / 8.5 / 26.5 as their mean), still improving at the end.
 """
 
 from jax_transformer.config import Config, DataConfig, DecodeConfig, TrainConfig, model_preset
