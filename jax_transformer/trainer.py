@@ -9,6 +9,7 @@ see `sharding.py`): every process runs it; process 0 alone writes config.json, t
 import dataclasses
 import math
 import os
+import shutil
 import sys
 import time
 
@@ -43,12 +44,13 @@ def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def prepare_run_dir(config: Config) -> bool:
+def prepare_run_dir(config: Config) -> list[str] | None:
     """Check that the run already in the run directory, if any, was made by a compatible config.
-    Returns True when resuming. The model and data sections must match; train/decode settings may change."""
+    Returns None for a new run, else the train/decode settings this resume changes (e.g. a higher train.steps to
+    extend a finished run). The model and data sections and the seed must match."""
     path = os.path.join(config.directory, "config.json")
     if not os.path.exists(path):
-        return False
+        return None
     old = Config.load(path)
     clash = _diff({"model": old.model.__dict__, "data": old.data.__dict__, "seed": old.seed},
                   {"model": config.model.__dict__, "data": config.data.__dict__, "seed": config.seed})  # fmt: skip
@@ -58,7 +60,28 @@ def prepare_run_dir(config: Config) -> bool:
             f"{f' and {len(clash) - 1} more' if len(clash) > 1 else ''}); "
             "fix: pick another --config.name (or --config.run_dir), or delete that directory to start over"
         )
-    return True
+    return _diff({"train": old.train.__dict__, "decode": old.decode.__dict__},
+                 {"train": config.train.__dict__, "decode": config.decode.__dict__})  # fmt: skip
+
+
+def record_resume(config: Config, changes: list[str], step: int, log: RunLog) -> None:
+    """A resume that changes settings keeps the run's history honest: the config it started with is kept as
+    config.before_step{step}.json, config.json becomes the one now in force, and metrics.jsonl records the change.
+    With train.schedule='cosine' a new train.steps also reshapes the schedule from here on (the others do not
+    depend on it), so the result differs from a run started with the new value."""
+    if not changes:
+        return
+    path = os.path.join(config.directory, "config.json")
+    kept = os.path.join(config.directory, f"config.before_step{step}.json")
+    if not os.path.exists(kept):
+        shutil.copyfile(path, kept)
+    tmp = path + ".tmp"
+    config.save(tmp)
+    os.replace(tmp, path)
+    log.write("resume", step, {"changes": changes})
+    reshaped = config.train.schedule == "cosine" and any(c.startswith("train.steps:") for c in changes)
+    note = " (the cosine schedule now ends at the new train.steps)" if reshaped else ""
+    _say(f"resume changes {', '.join(changes)}{note}; the previous config is kept as {os.path.basename(kept)}")
 
 
 def _say(message: str) -> None:
@@ -140,8 +163,8 @@ def train(config: Config, *, crash_at_step: int | None = None) -> dict:
         sharding.barrier("run_dir")
     data = TranslationData(config)  # reuses the run's spm.model when there is one: nothing is overwritten
     config = resolve_config(config, data.tokenizer)
-    resuming = prepare_run_dir(config)  # refuses a run directory made by an incompatible config
-    if not resuming and main:
+    changes = prepare_run_dir(config)  # refuses a run directory made by an incompatible config
+    if changes is None and main:
         config.save(os.path.join(config.directory, "config.json"))
     if main:
         sharding.barrier("run_dir")
@@ -166,6 +189,11 @@ def train(config: Config, *, crash_at_step: int | None = None) -> dict:
 
     log = RunLog(config.directory, enabled=main)
     step = int(state["step"])
+    if main and changes:
+        if start is None:  # nothing trained yet: the new settings simply replace the old ones
+            config.save(os.path.join(config.directory, "config.json"))
+        else:
+            record_resume(config, changes, step, log)
     batch_iter = iter(data.batches)
     pending, real_tokens, window_start = [], 0, time.time()
 

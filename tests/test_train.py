@@ -190,6 +190,26 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(corpus, tmp_path):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))  # bitwise: XLA on CPU is deterministic
 
 
+def test_extending_a_finished_run_equals_a_longer_run_and_records_the_change(corpus, tmp_path):
+    """Train to step 8, then re-run with train.steps=12: with an inverse-sqrt schedule (which does not depend on
+    train.steps) the result is bit-identical to a 12-step run; the first config is kept and the change logged."""
+    straight = _config(corpus, tmp_path / "straight")
+    train(straight)
+    extended = _config(corpus, tmp_path / "extended", steps=8)
+    train(extended)
+    train(dataclasses.replace(extended, train=dataclasses.replace(extended.train, steps=12)))
+    a = Checkpointer(str(tmp_path / "straight" / "checkpoints"), read_only=True).restore_arrays(12)
+    b = Checkpointer(str(tmp_path / "extended" / "checkpoints"), read_only=True).restore_arrays(12)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert Config.load(str(tmp_path / "extended" / "config.json")).train.steps == 12
+    assert Config.load(str(tmp_path / "extended" / "config.before_step8.json")).train.steps == 8
+    records = [json.loads(line) for line in open(tmp_path / "extended" / "metrics.jsonl")]
+    assert [r for r in records if r["kind"] == "resume"] == [
+        {"kind": "resume", "step": 8, "time": pytest.approx(0.0, abs=60.0), "changes": ["train.steps: 8 -> 12"]}
+    ]
+
+
 def test_incompatible_run_directory_is_refused_and_kept(corpus, tmp_path):
     config = _config(corpus, tmp_path / "run", steps=4)
     train(config)
