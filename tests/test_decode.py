@@ -1,5 +1,7 @@
 """Decoding: the KV cache equals full recomputation, beam search, padding safety, averaging, the commands."""
 
+import importlib.util
+import json
 import os
 
 import jax
@@ -13,6 +15,8 @@ from jax_transformer.config import model_preset
 from jax_transformer.decode import beam_search, greedy_search, output_limits
 from jax_transformer.model import Transformer
 from tests.copy_task import BOS, EOS, token_accuracy, train_copy_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize(
@@ -155,3 +159,18 @@ def test_translate_evaluate_average_commands(tmp_path, capsys):
     assert translate.main([str(tmp_path / "avg"), "--input", str(src), "--output", str(tmp_path / "o2")]) == 0
     assert average.main([str(run_dir), "--last", "2", "--out", str(tmp_path / "avg")]) == 1  # never overwrites
     assert translate.main([str(run_dir), "--step", "999", "--input", str(src)]) == 1
+
+    # scripts/tune_decode.py: one row per (beam, alpha); its greedy row equals `evaluate --split val --beam 1`
+    spec = importlib.util.spec_from_file_location("tune_decode", os.path.join(ROOT, "scripts", "tune_decode.py"))
+    tune_decode = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tune_decode)
+    rows_path = tmp_path / "tune.json"
+    argv = [str(run_dir), "--beams", "1", "2", "--alphas", "0.6", "1.0", "--json-out", str(rows_path)]
+    assert tune_decode.main(argv) == 0
+    rows = json.loads(rows_path.read_text(encoding="utf-8"))["rows"]
+    assert [(r["beam"], r["alpha"]) for r in rows] == [(1, 0.6), (1, 1.0), (2, 0.6), (2, 1.0)]
+    capsys.readouterr()
+    assert evaluate.main([str(run_dir), "--split", "val", "--beam", "1", "--json"]) == 0
+    greedy = json.loads(capsys.readouterr().out)
+    assert rows[0]["lc_tok_bleu"] == greedy["lc_tok_bleu"] and rows[0]["chrf"] == greedy["chrf"]
+    assert tune_decode.main([str(run_dir), "--beams", "0"]) == 1

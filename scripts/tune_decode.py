@@ -1,0 +1,69 @@
+"""Choose beam size and length penalty on the validation split: one model, every (beam, alpha) pair, one table.
+
+  python scripts/tune_decode.py runs/multi30k_en_de/avg5                       # beams 4 5 6 x alphas 0.6 0.8 1.0
+  python scripts/tune_decode.py runs/multi30k_en_de --beams 5 --alphas 0.4 0.6 0.8 1.0 1.2 --split val
+
+The model is a run directory (its latest checkpoint) or a model directory (e.g. the average that
+scripts/multi30k_results.py writes to RUN/avgN). Each pair decodes the whole split; scores are the cased,
+detokenized output's cased sacreBLEU, lowercased Moses-tokenized BLEU and chrF (`jax_transformer.evaluate.score`).
+Tune on val only: test2016 is for the final figure. Writes the table as JSON with --json-out.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("model", help="a run directory or a model directory")
+    parser.add_argument("--beams", type=int, nargs="+", default=[4, 5, 6])
+    parser.add_argument("--alphas", type=float, nargs="+", default=[0.6, 0.8, 1.0])
+    parser.add_argument("--split", default="val", help="a split of the model's data (default val)")
+    parser.add_argument("--data-dir", default=None, help="where --split finds its files (default: the data.path)")
+    parser.add_argument("--json-out", default="", help="also write the rows here")
+    args = parser.parse_args(argv)
+
+    from jax_transformer.cli import run_cli
+
+    def run():
+        from jax_transformer.config import UserError
+        from jax_transformer.evaluate import _split_texts, score
+        from jax_transformer.inference import load_translator
+
+        if any(b < 1 for b in args.beams) or any(a < 0 for a in args.alphas):
+            raise UserError("--beams must be >= 1 and --alphas >= 0")
+        translator = load_translator(args.model)
+        data = translator.config.data
+        sources, references = _split_texts(data, args.split, args.data_dir)
+        first_refs = [refs[0] for refs in references]
+        rows = []
+        print(f"{args.model}: {args.split}, {len(sources):,} sentences", file=sys.stderr)
+        print("| beam | alpha | lc-tok BLEU | sacreBLEU | chrF | seconds |")
+        print("|---:|---:|---:|---:|---:|---:|")
+        for beam in args.beams:
+            for alpha in args.alphas:
+                started = time.time()
+                hypotheses = translator.translate(sources, beam_size=beam, alpha=alpha)
+                s = score(hypotheses, first_refs, data.tgt_lang)
+                row = {"beam": beam, "alpha": alpha, "lc_tok_bleu": s["lc_tok_bleu"], "bleu": s["bleu"],
+                       "chrf": s["chrf"], "seconds": round(time.time() - started, 1)}  # fmt: skip
+                rows.append(row)
+                print(f"| {beam} | {alpha:g} | {row['lc_tok_bleu']:.2f} | {row['bleu']:.2f} | {row['chrf']:.2f} "
+                      f"| {row['seconds']:.0f} |", flush=True)  # fmt: skip
+        best = max(rows, key=lambda r: r["lc_tok_bleu"])
+        print(f"best on {args.split}: beam {best['beam']}, alpha {best['alpha']:g} "
+              f"(lc-tok BLEU {best['lc_tok_bleu']:.2f})", file=sys.stderr)  # fmt: skip
+        if args.json_out:
+            with open(args.json_out, "w", encoding="utf-8") as f:
+                json.dump({"model": args.model, "split": args.split, "rows": rows, "best": best}, f, indent=2)
+
+    return run_cli(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
