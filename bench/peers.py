@@ -226,6 +226,10 @@ def main(argv=None) -> int:
         f"{peaks['torch'] / 1e9:.1f} GFLOP/s; MFU is against {peak / 1e9:.1f} GFLOP/s for every row",
         flush=True,
     )
+    if "bf16" in args.precisions:  # why the bf16 rows differ: what each framework's bf16 matmul reaches here
+        bf16 = {"jax": common.jax_matmul_peak(n, "bfloat16"), "torch": common.torch_matmul_peak(n, "bfloat16")}
+        print(f"- bf16 matmul, same shape: jax {bf16['jax'] / 1e9:.1f} GFLOP/s, torch {bf16['torch'] / 1e9:.1f} "
+              "GFLOP/s (not used for MFU)", flush=True)  # fmt: skip
 
     header = ["implementation", "precision", "model", "params", "GFLOP/step", "step ms", "p10-p90 ms", "tokens/s",
               "MFU"]  # fmt: skip
