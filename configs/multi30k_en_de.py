@@ -25,7 +25,7 @@ def get_config() -> Config:
             path="data/multi30k", src_lang="en", tgt_lang="de", vocab_size=8000, max_len=100, max_tokens=4096
         ),  # fmt: skip
         train=TrainConfig(
-            steps=4000,
+            steps=8000,
             schedule="inverse_sqrt",
             learning_rate=3e-3,
             warmup_steps=400,
@@ -36,5 +36,5 @@ def get_config() -> Config:
             save_every=250,
             keep_checkpoints=10,
         ),  # fmt: skip
-        decode=DecodeConfig(beam_size=5, alpha=0.6),
+        decode=DecodeConfig(beam_size=5, alpha=1.2),
     )

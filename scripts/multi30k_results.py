@@ -34,11 +34,13 @@ def cpu_name() -> str:
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 
-def score_split(translator, split: str, data_dir: str) -> dict:
+def score_split(translator, split: str, data_dir: str, decode) -> dict:
+    """Scores of `split` decoded with the recipe's beam size and alpha (`decode`), whatever the checkpoint's saved
+    config says (a run trained before the recipe's decoding was tuned keeps its old values)."""
     from jax_transformer.evaluate import _split_texts, score
 
     sources, references = _split_texts(translator.config.data, split, data_dir)
-    hypotheses = translator.translate(sources, progress=False)
+    hypotheses = translator.translate(sources, beam_size=decode.beam_size, alpha=decode.alpha, progress=False)
     return score(hypotheses, [refs[0] for refs in references], translator.config.data.tgt_lang)
 
 
@@ -104,13 +106,13 @@ def main(argv=None) -> int:
         import jax
 
         params = sum(x.size for x in jax.tree.leaves(translator.params))
-        results = {split: score_split(translator, split, args.data_dir) for split in ("val", "test2016")}
+        results = {split: score_split(translator, split, args.data_dir, config.decode) for split in ("val", "test2016")}
 
         curve = []
         if args.test_curve:
             for step in steps:
                 single = load_translator(run_dir, str(step))
-                scores = score_split(single, "test2016", args.data_dir)
+                scores = score_split(single, "test2016", args.data_dir, config.decode)
                 curve.append({"step": step, "minutes": minutes.get(step), "lc_tok_bleu": scores["lc_tok_bleu"],
                               "bleu": scores["bleu"]})  # fmt: skip
                 print(f"checkpoint {step}: test2016 lc-tok BLEU {scores['lc_tok_bleu']:.2f}", file=sys.stderr)
