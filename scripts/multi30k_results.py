@@ -69,7 +69,7 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--config", default="configs/multi30k_en_de.py")
     parser.add_argument("--skip-train", action="store_true", help="score the existing run directory only")
-    parser.add_argument("--average", type=int, default=5, help="average the last N checkpoints (1: no averaging)")
+    parser.add_argument("--average", type=int, default=10, help="average the last N checkpoints (1: no averaging)")
     parser.add_argument("--target", type=float, default=40.0, help="lc-tok BLEU whose time to reach is reported")
     parser.add_argument("--test-curve", action="store_true", help="also score every kept checkpoint on test2016")
     parser.add_argument("--png", default="", help="training curves PNG (default: RUN/curves.png)")
