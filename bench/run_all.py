@@ -13,7 +13,9 @@ Parts (each script's docstring says exactly what it measures):
   against Hugging Face generate() on the exported weights, with the BLEU of each (they must agree); needs a trained
   model (--model); skipped, with a note, when there is none;
 - `bench/pipeline.py`: the real training loop on Multi30k: tokens/s with the input pipeline, its share of the step
-  time, and the padding efficiency.
+  time, and the padding efficiency;
+- `bench/profile_step.py --sizes tiny base`: a jax.profiler trace of our training step grouped by XLA operation,
+  with the matrix products' own GFLOP/s (where the time goes, and so what is left to gain).
 Run it on a quiet machine: anything else running shows up in every figure.
 """
 
@@ -42,7 +44,7 @@ def main() -> int:
     parser.add_argument("--model", default="runs/multi30k_en_de", help="trained run or model directory to decode with")
     parser.add_argument("--config", default="configs/multi30k_en_de.py", help="recipe for the training parts")
     parser.add_argument("--quick", action="store_true", help="a smoke run: fewer steps and sentences")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["peers", "decode", "pipeline"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["peers", "decode", "pipeline", "profile"])
     parser.add_argument("--out", default="", help="also write the report (markdown) here")
     args = parser.parse_args()
 
@@ -64,6 +66,10 @@ def main() -> int:
         quick = ["--steps", "120", "--skip-steps", "60", "--log-every", "20"] if args.quick else []
         failures += part("The real training loop and its input pipeline", ["bench/pipeline.py", "--config",
                          args.config, *quick], log)  # fmt: skip
+    if "profile" not in args.skip:
+        argv = ["bench/profile_step.py", "--config", args.config, "--sizes", "tiny", "base"]
+        argv += ["--steps", "1"] if args.quick else []
+        failures += part("Where our training step spends its time", argv, log)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
             f.write("\n".join(log))
