@@ -17,7 +17,6 @@ the two, so the model's share is 1 - pipeline share.
 import argparse
 import dataclasses
 import itertools
-import json
 import os
 import sys
 import tempfile
@@ -42,8 +41,9 @@ def pipeline_alone(data, pad_id: int) -> dict:
 
 def loop_windows(run_dir: str, log_every: int, skip_steps: int) -> dict:
     """Seconds per update and real tokens/s over the training log windows after `skip_steps`."""
-    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
-        train = [r for r in map(json.loads, f) if r.get("kind") == "train"]
+    from jax_transformer.run_log import read_metrics
+
+    train = [r for r in read_metrics(run_dir) if r.get("kind") == "train"]
     windows = [(b["time"] - a["time"]) / log_every for a, b in itertools.pairwise(train) if a["step"] >= skip_steps]
     rates = [r["tokens_per_s"] for r in train if r["step"] > skip_steps + log_every]
     if not windows:

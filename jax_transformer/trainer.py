@@ -69,8 +69,6 @@ def record_resume(config: Config, changes: list[str], step: int, log: RunLog) ->
     config.before_step{step}.json, config.json becomes the one now in force, and metrics.jsonl records the change.
     With train.schedule='cosine' a new train.steps also reshapes the schedule from here on (the others do not
     depend on it), so the result differs from a run started with the new value."""
-    if not changes:
-        return
     path = os.path.join(config.directory, "config.json")
     kept = os.path.join(config.directory, f"config.before_step{step}.json")
     if not os.path.exists(kept):
