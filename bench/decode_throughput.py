@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jax_transformer.decode import beam_search, output_limits
+from jax_transformer.decode import CACHE_BLOCK, beam_search, output_limits
 from jax_transformer.inference import load_translator
 from jax_transformer.metrics import bleu
 
@@ -39,12 +39,12 @@ class UncachedStepper:
     def cross_key_values(self, memory):
         return memory
 
-    def init_cache(self, batch, max_len):
-        return {"tokens": jnp.full((batch, max_len), self.config.pad_id, jnp.int32)}
+    def init_cache(self, batch, max_len):  # shaped (rows, 1, len, 1) like a KV cache, so the search can grow it
+        return {"tokens": jnp.full((batch, 1, max_len, 1), self.config.pad_id, jnp.int32)}
 
     def decode_step(self, token_ids, index, cache, memory, src_mask):
-        tokens = cache["tokens"].at[:, index].set(token_ids)
-        logits = self.model.decode(tokens, memory, src_mask)  # (batch, max_len, vocab): all positions again
+        tokens = cache["tokens"].at[:, 0, index, 0].set(token_ids)
+        logits = self.model.decode(tokens[:, 0, :, 0], memory, src_mask)  # (batch, len, vocab): all positions again
         return jax.lax.dynamic_index_in_dim(logits, index, axis=1, keepdims=False), {"tokens": tokens}
 
 
@@ -55,6 +55,8 @@ def main():
     parser.add_argument("--sentences", type=int, default=1000, help="first N of Multi30k test2016")
     parser.add_argument("--batch", type=int, default=64, help="sentences per batch (all three use the same)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["uncached", "hf"])
+    parser.add_argument("--cache-block", type=int, default=CACHE_BLOCK,
+                        help="first length of the growing KV cache (0: one cache of the full output length)")
     args = parser.parse_args()
 
     translator = load_translator(args.model)
@@ -81,7 +83,8 @@ def main():
         @jax.jit
         def run(src, limits):
             max_len = src.shape[1] + extra
-            return beam_search(stepper, src, args.beam, min(max_len, cap), tok.bos_id, tok.eos_id, 0.0, limits)[0]
+            return beam_search(stepper, src, args.beam, min(max_len, cap), tok.bos_id, tok.eos_id, 0.0, limits,
+                               cache_block=args.cache_block or None)[0]
 
         def translate(src):
             limits = output_limits(jnp.asarray(src), 0, extra, min(src.shape[1] + extra, cap))
@@ -114,7 +117,8 @@ def main():
         runners["hf generate"] = hf_translate
 
     print(
-        f"beam {args.beam}, {len(sources)} sentences of Multi30k test2016 in {len(batches)} batches of <= {args.batch}"
+        f"beam {args.beam}, {len(sources)} sentences of Multi30k test2016 in {len(batches)} batches of <= {args.batch};"
+        f" JAX KV cache grown from {args.cache_block or 'the full output length'}"
     )
     rows, first = [], None
     for name, translate in runners.items():

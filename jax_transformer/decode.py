@@ -8,12 +8,43 @@ per sentence, so a translation does not depend on which other sentences share it
 Two options for summaries, both off (0) by default, when the outputs are exactly those without them:
 `min_len` bans EOS until that many tokens were produced (the length limit still ends a sentence), and
 `no_repeat_ngram_size` n bans every token that would complete an n-gram the hypothesis already contains.
+
+The self-attention cache grows in blocks instead of being allocated at `max_len`: the search runs with a cache of
+`cache_block` positions, then twice that, and so on up to `max_len` (one `while_loop` per length, all in the same jitted
+function; a batch that is done skips the later ones). Every step reads, and beam search reorders, the whole cache, so a
+cache sized for the 50 extra tokens a sentence may produce but rarely does made most of a step's memory traffic
+(measured in bench/decode_throughput.py). The outputs do not depend on the block size: positions past the current one
+are masked either way (a test checks).
 """
 
 import jax
 import jax.numpy as jnp
 
 NEG_INF = -1.0e9
+CACHE_BLOCK = 16  # positions of the first self-attention cache; it doubles when a step reaches its end
+
+
+def cache_lengths(max_len: int, cache_block: int | None = CACHE_BLOCK) -> list[int]:
+    """The cache lengths a search grows through: cache_block, 2 * cache_block, ... and last max_len. None: max_len."""
+    lengths, length = [], cache_block or max_len
+    while length < max_len:
+        lengths.append(length)
+        length *= 2
+    return lengths + [max_len]
+
+
+def _grow(cache, length: int):
+    """Pads every cache array (rows, heads, len, head_dim), as `init_cache` makes them, to `length` positions."""
+    return jax.tree.map(lambda c: jnp.pad(c, ((0, 0), (0, 0), (0, length - c.shape[2]), (0, 0))), cache)
+
+
+def _loop_over_cache_lengths(cond, body, carry, lengths, cache_at: int):
+    """Runs `while_loop(cond(length), body)` for each cache length in turn, growing the cache (carry[cache_at]) to it
+    first; `cond(length)` must stop the loop when the step index reaches `length` (carry[0] is the index)."""
+    for length in lengths:
+        carry = carry[:cache_at] + (_grow(carry[cache_at], length),) + carry[cache_at + 1 :]
+        carry = jax.lax.while_loop(lambda c, length=length: (c[0] < length) & cond(c), body, carry)
+    return carry
 
 
 def output_limits(src_ids, pad_id: int, max_extra_len: int, max_len: int):
@@ -61,20 +92,21 @@ def _ban(log_probs, seqs, index, eos_id: int, min_len: int, no_repeat_ngram_size
 
 
 def greedy_search(
-    model, src_ids, max_len: int, bos_id: int, eos_id: int, limits=None, min_len: int = 0, no_repeat_ngram_size: int = 0
-):
+    model, src_ids, max_len: int, bos_id: int, eos_id: int, limits=None, min_len: int = 0,
+    no_repeat_ngram_size: int = 0, cache_block: int | None = CACHE_BLOCK,
+):  # fmt: skip
     """Pick the most probable next token at every step until every sentence emitted EOS (or reached its limit)."""
     batch = src_ids.shape[0]
     pad_id = model.config.pad_id
     limits = jnp.full((batch,), max_len, jnp.int32) if limits is None else limits
     memory, src_mask = model.encode(src_ids)
     cross = model.cross_key_values(memory)
-    cache = model.init_cache(batch, max_len)
+    lengths = cache_lengths(max_len, cache_block)
+    cache = model.init_cache(batch, lengths[0])
     output = jnp.full((batch, max_len), pad_id, dtype=jnp.int32)
 
     def cond(carry):
-        index, _, _, _, done = carry
-        return (index < max_len) & ~jnp.all(done)
+        return ~jnp.all(carry[4])  # some sentence is not done
 
     def body(carry):
         index, last, cache, output, done = carry
@@ -87,7 +119,7 @@ def greedy_search(
 
     start = jnp.full((batch,), bos_id, dtype=jnp.int32)
     init = (jnp.array(0), start, cache, output, jnp.zeros((batch,), dtype=bool))
-    return jax.lax.while_loop(cond, body, init)[3]
+    return _loop_over_cache_lengths(cond, body, init, lengths, cache_at=2)[3]
 
 
 def length_penalty(length, alpha: float):
@@ -97,7 +129,7 @@ def length_penalty(length, alpha: float):
 
 def beam_search(
     model, src_ids, beam_size: int, max_len: int, bos_id: int, eos_id: int, alpha: float, limits=None,
-    min_len: int = 0, no_repeat_ngram_size: int = 0,
+    min_len: int = 0, no_repeat_ngram_size: int = 0, cache_block: int | None = CACHE_BLOCK,
 ):  # fmt: skip
     """Batched beam search over the KV cache. Returns (tokens (batch, max_len), scores (batch,)) of the best
     hypothesis per sentence, scored log P(y | x) / length_penalty(|y|) with |y| counting EOS.
@@ -113,7 +145,8 @@ def beam_search(
     per_beam = lambda x: jnp.repeat(x, k, axis=0)  # (batch, ...) -> (batch * k, ...), beams of a sentence adjacent
     src_mask = per_beam(src_mask)
     cross = model.cross_key_values(per_beam(memory))
-    cache = model.init_cache(batch * k, max_len)
+    lengths = cache_lengths(max_len, cache_block)
+    cache = model.init_cache(batch * k, lengths[0])
 
     alive_seqs = jnp.full((batch, k, max_len), pad_id, jnp.int32)
     alive_logp = jnp.tile(jnp.array([0.0] + [NEG_INF] * (k - 1)), (batch, 1))  # one live beam at the start
@@ -130,8 +163,8 @@ def beam_search(
         return best_alive_possible < finished_scores[:, -1]  # (batch,)
 
     def cond(carry):
-        index, _, _, alive_logp, _, finished_scores, _ = carry
-        return (index < max_len) & ~jnp.all(sentence_done(alive_logp, finished_scores))
+        _, _, _, alive_logp, _, finished_scores, _ = carry
+        return ~jnp.all(sentence_done(alive_logp, finished_scores))
 
     def body(carry):
         index, last, cache, alive_logp, alive_seqs, finished_scores, finished_seqs = carry
@@ -161,7 +194,9 @@ def beam_search(
         return index + 1, last, cache, alive_logp, alive_seqs, finished_scores, finished_seqs
 
     init = (jnp.array(0), last, cache, alive_logp, alive_seqs, finished_scores, finished_seqs)
-    _, _, _, alive_logp, alive_seqs, finished_scores, finished_seqs = jax.lax.while_loop(cond, body, init)
+    _, _, _, alive_logp, alive_seqs, finished_scores, finished_seqs = _loop_over_cache_lengths(
+        cond, body, init, lengths, cache_at=2
+    )
     # a sentence with no finished hypothesis (only possible without a limit) falls back to its best live beam
     none_finished = finished_scores[:, 0] <= NEG_INF / 2
     tokens = jnp.where(none_finished[:, None], alive_seqs[:, 0], finished_seqs[:, 0])

@@ -124,6 +124,28 @@ def test_translations_do_not_depend_on_the_batch(copy_model, search):
     assert np.all(together[3, 4 + 4 :] == 0)  # its own limit: 4 source tokens (EOS included) + 4
 
 
+@pytest.mark.parametrize("cache_block", [1, 3, 8])
+@pytest.mark.parametrize("options", [{}, {"min_len": 3, "no_repeat_ngram_size": 2}])
+def test_growing_the_cache_in_blocks_changes_no_output(cache_block, options):
+    """A cache that starts at `cache_block` positions and doubles gives the same tokens (and scores to float noise) as
+    one allocated at max_len (an untrained model, so long outputs that cross every block boundary)."""
+    model = Transformer(model_preset("test", vocab_size=30), rngs=nnx.Rngs(5))
+    model.eval()
+    src = jnp.asarray(np.random.default_rng(1).integers(4, 30, size=(5, 7)))
+    limits = output_limits(src.at[3:, 4:].set(0), 0, max_extra_len=6, max_len=14)  # two shorter limits
+
+    def searches(block):
+        greedy = greedy_search(model, src, 14, BOS, EOS, limits, cache_block=block, **options)
+        beam, scores = beam_search(model, src, 3, 14, BOS, EOS, 0.6, limits, cache_block=block, **options)
+        return np.asarray(greedy), np.asarray(beam), np.asarray(scores)
+
+    whole, blocks = searches(None), searches(cache_block)
+    assert np.sum(whole[0] != 0) > 5 * 8  # outputs run past the first blocks
+    np.testing.assert_array_equal(whole[0], blocks[0])  # greedy tokens
+    np.testing.assert_array_equal(whole[1], blocks[1])  # beam tokens
+    np.testing.assert_allclose(whole[2], blocks[2], atol=1e-5)  # scores: sums over fewer masked keys, last-bit noise
+
+
 def test_average_params_is_the_mean(tmp_path):
     checkpoints = Checkpointer(str(tmp_path / "ckpt"), keep=5, keep_best=False)
     values = []
