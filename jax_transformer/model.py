@@ -29,6 +29,52 @@ def embedding_init(d_model: int):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Matrix products under bf16 compute
+# ---------------------------------------------------------------------------------------------------------------------
+# XLA:CPU multiplies bf16 x bf16 -> bf16 slowly (245 GFLOP/s on a 2-core Xeon with AMX, below its fp32 298), but bf16
+# x bf16 -> fp32 on the CPU's bf16 matrix units (1,570 GFLOP/s there; bench/peers.py prints both). So under bf16 compute
+# every Linear layer and the tied output projection multiply bf16 operands into an fp32 result, and so do their
+# gradients (a custom VJP: JAX's own transpose of such a product would multiply the fp32 cotangent in fp32). On GPUs
+# and TPUs this is the usual bf16 matmul with fp32 accumulation. `Linear` below uses it.
+
+
+@jax.custom_vjp
+def bf16_matmul(x, w):
+    """x (..., n) @ w (n, m) of bf16 operands, accumulated and returned in fp32. (..., m)"""
+    return jnp.dot(x, w, preferred_element_type=jnp.float32)
+
+
+def _bf16_matmul_fwd(x, w):
+    return bf16_matmul(x, w), (x, w)
+
+
+def _bf16_matmul_bwd(residuals, grad):  # grad: (..., m) fp32
+    x, w = residuals
+    grad = grad.astype(x.dtype)
+    grad_x = jnp.dot(grad, w.T, preferred_element_type=jnp.float32).astype(x.dtype)  # (..., n)
+    rows_x, rows_grad = x.reshape(-1, x.shape[-1]), grad.reshape(-1, grad.shape[-1])
+    grad_w = jnp.dot(rows_x.T, rows_grad, preferred_element_type=jnp.float32).astype(w.dtype)  # (n, m)
+    return grad_x, grad_w
+
+
+bf16_matmul.defvjp(_bf16_matmul_fwd, _bf16_matmul_bwd)
+
+
+class Linear(nnx.Linear):
+    """`nnx.Linear` (same parameters) whose bf16 compute multiplies with `bf16_matmul` and adds the bias in fp32 before
+    rounding the output to bf16: a bias added in bf16 gets its gradient from a sum of bf16 values, which XLA:CPU
+    accumulates element by element with bf16 rounding at each add (a third of the base model's bf16 step)."""
+
+    def __call__(self, x):
+        if self.dtype is None or jnp.dtype(self.dtype) != jnp.bfloat16:
+            return super().__call__(x)
+        y = bf16_matmul(x.astype(jnp.bfloat16), self.kernel[...].astype(jnp.bfloat16))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(jnp.float32)
+        return y.astype(jnp.bfloat16)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Masks
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -84,7 +130,7 @@ class MultiHeadAttention(nnx.Module):
         self.num_heads = num_heads
         self.head_dim = d_model // num_heads
         linear = functools.partial(
-            nnx.Linear, d_model, d_model, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
+            Linear, d_model, d_model, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
             kernel_init=LINEAR_INIT, rngs=rngs,
         )  # fmt: skip
         self.query = linear()
@@ -129,8 +175,8 @@ class FeedForward(nnx.Module):
 
     def __init__(self, d_model, d_ff, *, activation="relu", dropout=0.0, dtype=None, param_dtype=jnp.float32, rngs):
         kwargs = dict(dtype=dtype, param_dtype=param_dtype, kernel_init=LINEAR_INIT, rngs=rngs)
-        self.linear1 = nnx.Linear(d_model, d_ff, **kwargs)
-        self.linear2 = nnx.Linear(d_ff, d_model, **kwargs)
+        self.linear1 = Linear(d_model, d_ff, **kwargs)
+        self.linear2 = Linear(d_ff, d_model, **kwargs)
         self.activation = activation
         self.dropout = Dropout(dropout, rngs=rngs)
 
@@ -324,7 +370,7 @@ class Transformer(nnx.Module):
         self.target_embedding = None if config.share_embeddings else embed(config.tgt_vocab_size)
         self.encoder = Encoder(config, rngs=rngs)
         self.decoder = Decoder(config, rngs=rngs)
-        self.output_projection = None if config.tie_output else nnx.Linear(
+        self.output_projection = None if config.tie_output else Linear(
             config.d_model, config.tgt_vocab_size, use_bias=False, dtype=config.dtype,
             param_dtype=config.param_dtype, kernel_init=LINEAR_INIT, rngs=rngs,
         )  # fmt: skip
@@ -348,7 +394,10 @@ class Transformer(nnx.Module):
         """Pre-softmax projection (§3.4), in fp32 for a stable loss. (batch, len, d_model) -> (batch, len, vocab)."""
         if self.output_projection is not None:
             return self.output_projection(x).astype(jnp.float32)
-        return self.target_token_embedding().attend(x).astype(jnp.float32)
+        embedding = self.target_token_embedding()
+        if x.dtype == jnp.bfloat16:  # x @ E^T as `attend` does, with bf16 operands and an fp32 result (see above)
+            return bf16_matmul(x, embedding.embedding[...].astype(jnp.bfloat16).T)
+        return embedding.attend(x).astype(jnp.float32)
 
     def decode(self, tgt_ids, memory, src_mask):
         """(batch, tgt_len) target prefix ids (BOS first) -> next-token logits (batch, tgt_len, tgt_vocab)."""

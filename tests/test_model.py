@@ -334,3 +334,38 @@ def test_bf16_parameters():
     config = model_preset("test", vocab_size=VOCAB, param_dtype="bfloat16", dtype="bfloat16")
     model = jm.Transformer(config, rngs=nnx.Rngs(0))
     assert all(p.dtype == jnp.bfloat16 for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def test_bf16_matmul_and_its_gradients_agree_with_fp32():
+    """`bf16_matmul` (bf16 operands, fp32 result, custom VJP) against the fp32 product and its autodiff gradients, to
+    bf16 rounding (8 significant bits: relative 2^-8 per operand)."""
+    rng = np.random.default_rng(0)
+    x, w = rng.normal(size=(3, 5, 16)).astype(np.float32), rng.normal(size=(16, 8)).astype(np.float32)
+    x, w = jnp.asarray(x).astype(jnp.bfloat16).astype(jnp.float32), jnp.asarray(w).astype(jnp.bfloat16)
+    w = w.astype(jnp.float32)  # operands exactly representable in bf16, so only the gradients' rounding remains
+
+    def loss(matmul, x, w):
+        return jnp.sum(jnp.sin(matmul(x, w)))
+
+    mixed = lambda x, w: jm.bf16_matmul(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16))
+    assert mixed(x, w).dtype == jnp.float32
+    np.testing.assert_allclose(mixed(x, w), x @ w, rtol=1e-6, atol=1e-5)  # exact products, fp32 sums
+    got = jax.grad(functools.partial(loss, mixed), argnums=(0, 1))(x, w)
+    want = jax.grad(functools.partial(loss, jnp.matmul), argnums=(0, 1))(x, w)
+    for g, r in zip(got, want, strict=True):
+        assert g.dtype == jnp.float32 and g.shape == r.shape
+        np.testing.assert_allclose(g, r, atol=0.05 * float(jnp.abs(r).max()))
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_linear_is_nnx_linear_with_an_fp32_accumulating_bf16_path(use_bias):
+    """Same parameters as nnx.Linear; fp32 compute is nnx.Linear's; bf16 compute returns bf16 close to it."""
+    kwargs = dict(use_bias=use_bias, bias_init=nnx.initializers.normal(1.0))
+    ours, reference = jm.Linear(16, 8, **kwargs, rngs=nnx.Rngs(0)), nnx.Linear(16, 8, **kwargs, rngs=nnx.Rngs(0))
+    assert jax.tree.structure(nnx.state(ours)) == jax.tree.structure(nnx.state(reference))
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(4, 16)), jnp.float32)
+    np.testing.assert_array_equal(ours(x), reference(x))
+    ours_bf16 = jm.Linear(16, 8, dtype=jnp.bfloat16, **kwargs, rngs=nnx.Rngs(0))
+    y = ours_bf16(x)
+    assert y.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(y, np.float32), reference(x), atol=0.05, rtol=0.02)
