@@ -112,15 +112,16 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def jax_matmul_peak(n: int = 2048, dtype: str = "float32", repeats: int = 7) -> float:
-    """Median FLOP/s of a jitted (n, n) @ (n, n) jnp.dot (2 n^3 FLOPs), after one warm-up call."""
+def jax_matmul_peak(n: int = 2048, dtype: str = "float32", repeats: int = 7, out_dtype: str | None = None) -> float:
+    """Median FLOP/s of a jitted (n, n) @ (n, n) jnp.dot (2 n^3 FLOPs), after one warm-up call. `out_dtype`: the
+    product's preferred_element_type (None: `dtype`), e.g. bf16 operands with an fp32 result, as model.bf16_matmul."""
     import jax
     import jax.numpy as jnp
 
     keys = jax.random.split(jax.random.key(0))
     a = jax.random.normal(keys[0], (n, n), jnp.float32).astype(dtype)
     b = jax.random.normal(keys[1], (n, n), jnp.float32).astype(dtype)
-    dot = jax.jit(jnp.dot)
+    dot = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=out_dtype))
     times, _ = time_calls(lambda: dot(a, b).block_until_ready(), repeats, warmup=1)
     return 2 * n**3 / median(times)
 

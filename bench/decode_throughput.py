@@ -5,7 +5,9 @@ weights, on the same sentences in the same batches; with the BLEU each gets (the
 
 "Uncached" runs the same beam search, but every step re-runs the whole decoder over the prefix (what decoding costs
 without a cache). Hugging Face uses num_beams=K, length_penalty=0 (see the README for why its penalty differs) and
-max_new_tokens = our per-batch limit; our searches use alpha=0 here too so the three search the same objective.
+max_new_tokens = our per-batch limit; our searches use alpha=0 here too so that all search the same objective. The
+first row runs our beam search with Hugging Face's finishing rule (`finish_from_top_k`: only top-K candidates may
+finish), so that its outputs can be compared with generate()'s; the second with our default rule.
 Every decoder first translates one batch of each shape (JAX compiles there); then all batches are timed.
 """
 
@@ -79,12 +81,12 @@ def main():
     model = nnx.merge(translator.graphdef, translator.params, translator.rest)
     extra, cap = config.decode.max_extra_len, config.model.max_len
 
-    def jax_runner(stepper):
+    def jax_runner(stepper, finish_from_top_k=True):
         @jax.jit
         def run(src, limits):
             max_len = src.shape[1] + extra
             return beam_search(stepper, src, args.beam, min(max_len, cap), tok.bos_id, tok.eos_id, 0.0, limits,
-                               cache_block=args.cache_block or None)[0]
+                               cache_block=args.cache_block or None, finish_from_top_k=finish_from_top_k)[0]
 
         def translate(src):
             limits = output_limits(jnp.asarray(src), 0, extra, min(src.shape[1] + extra, cap))
@@ -92,7 +94,8 @@ def main():
 
         return translate
 
-    runners = {"jax cached": jax_runner(model)}
+    runners = {"jax cached, HF's finishing rule": jax_runner(model)}
+    runners["jax cached, default rule"] = jax_runner(model, finish_from_top_k=False)
     if "uncached" not in args.skip:
         runners["jax uncached"] = jax_runner(UncachedStepper(model))
     if "hf" not in args.skip:

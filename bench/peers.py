@@ -227,9 +227,11 @@ def main(argv=None) -> int:
         flush=True,
     )
     if "bf16" in args.precisions:  # why the bf16 rows differ: what each framework's bf16 matmul reaches here
-        bf16 = {"jax": common.jax_matmul_peak(n, "bfloat16"), "torch": common.torch_matmul_peak(n, "bfloat16")}
-        print(f"- bf16 matmul, same shape: jax {bf16['jax'] / 1e9:.1f} GFLOP/s, torch {bf16['torch'] / 1e9:.1f} "
-              "GFLOP/s (not used for MFU)", flush=True)  # fmt: skip
+        bf16 = {"jax": common.jax_matmul_peak(n, "bfloat16"), "torch": common.torch_matmul_peak(n, "bfloat16"),
+                "jax_f32": common.jax_matmul_peak(n, "bfloat16", out_dtype="float32")}  # fmt: skip
+        print(f"- bf16 matmul, same shape: jax bf16 -> bf16 {bf16['jax'] / 1e9:.1f} GFLOP/s, jax bf16 -> fp32 (what "
+              f"our bf16 Linear layers use, model.bf16_matmul) {bf16['jax_f32'] / 1e9:.1f} GFLOP/s, torch "
+              f"{bf16['torch'] / 1e9:.1f} GFLOP/s (not used for MFU)", flush=True)  # fmt: skip
 
     header = ["implementation", "precision", "model", "params", "GFLOP/step", "step ms", "p10-p90 ms", "tokens/s",
               "MFU"]  # fmt: skip

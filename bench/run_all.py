@@ -14,8 +14,8 @@ Parts (each script's docstring says exactly what it measures):
   model (--model); skipped, with a note, when there is none;
 - `bench/pipeline.py`: the real training loop on Multi30k: tokens/s with the input pipeline, its share of the step
   time, and the padding efficiency;
-- `bench/profile_step.py --sizes tiny base`: a jax.profiler trace of our training step grouped by XLA operation,
-  with the matrix products' own GFLOP/s (where the time goes, and so what is left to gain).
+- `bench/profile_step.py --sizes tiny base --precisions fp32 bf16`: a jax.profiler trace of our training step
+  grouped by XLA operation, with the matrix products' own GFLOP/s (where the time goes, and so what is left to gain).
 Run it on a quiet machine: anything else running shows up in every figure.
 """
 
@@ -67,7 +67,8 @@ def main() -> int:
         failures += part("The real training loop and its input pipeline", ["bench/pipeline.py", "--config",
                          args.config, *quick], log)  # fmt: skip
     if "profile" not in args.skip:
-        argv = ["bench/profile_step.py", "--config", args.config, "--sizes", "tiny", "base"]
+        argv = ["bench/profile_step.py", "--config", args.config, "--sizes", "tiny", "base", "--precisions", "fp32",
+                "bf16"]  # fmt: skip
         argv += ["--steps", "1"] if args.quick else []
         failures += part("Where our training step spends its time", argv, log)
     if args.out:

@@ -130,12 +130,16 @@ def length_penalty(length, alpha: float):
 def beam_search(
     model, src_ids, beam_size: int, max_len: int, bos_id: int, eos_id: int, alpha: float, limits=None,
     min_len: int = 0, no_repeat_ngram_size: int = 0, cache_block: int | None = CACHE_BLOCK,
+    finish_from_top_k: bool = False,
 ):  # fmt: skip
     """Batched beam search over the KV cache. Returns (tokens (batch, max_len), scores (batch,)) of the best
     hypothesis per sentence, scored log P(y | x) / length_penalty(|y|) with |y| counting EOS.
 
     Each step expands every live beam by every token, keeps the 2K best candidates, moves those ending in EOS to the
-    finished set (the K best finished so far are kept) and continues with the K best that did not end. A sentence is
+    finished set (the K best finished so far are kept) and continues with the K best that did not end. With
+    `finish_from_top_k` only the candidates ranked in the top K of the 2K may finish (the others are dropped), the rule
+    of Hugging Face generate() and fairseq; by default every one may (tensor2tensor and the Flax WMT example), which
+    keeps more short, probable hypotheses. A sentence is
     done when no live beam can still beat its worst finished hypothesis (log P only falls and the penalty is largest
     at the limit); the loop ends when every sentence is done or at max_len.
     """
@@ -188,7 +192,8 @@ def beam_search(
         last = alive_seqs[:, :, index].reshape(-1)
 
         # those that ended join the finished set, which keeps its k best
-        new_scores = jnp.where(ended, top_logp / length_penalty(index + 1, alpha), NEG_INF)
+        may_finish = ended & (jnp.arange(2 * k) < k) if finish_from_top_k else ended
+        new_scores = jnp.where(may_finish, top_logp / length_penalty(index + 1, alpha), NEG_INF)
         finished_scores, best = jax.lax.top_k(jnp.concatenate([finished_scores, new_scores], axis=1), k)
         finished_seqs = gather(jnp.concatenate([finished_seqs, top_seqs], axis=1), best)
         return index + 1, last, cache, alive_logp, alive_seqs, finished_scores, finished_seqs

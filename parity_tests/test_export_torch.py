@@ -22,12 +22,14 @@ import pytest
 import torch
 from flax import nnx
 
+from jax_transformer import decode as jax_decode
 from jax_transformer import export as export_cli
 from jax_transformer.config import Config, DataConfig, DecodeConfig, TrainConfig, model_preset
 from jax_transformer.inference import Translator, load_translator, save_model_dir
 from jax_transformer.model import Transformer
 from jax_transformer.tokenizer import Tokenizer, train_tokenizer
 from jax_transformer.train_lib import Steps
+from torch_ref import decode as torch_decode
 from torch_ref import load_pretrained, translate
 from torch_ref.pretrained import search
 
@@ -227,6 +229,18 @@ def test_searches_match_token_for_token(exported, beam_size, alpha):
     if exported.name == "copy":  # the trained model copies: outputs are the sources, ending at EOS like them
         copied = [np.array_equal(j[: (s != PAD).sum()], s[s != PAD]) for j, s in zip(jax_tokens, src, strict=True)]
         assert np.mean(copied) >= 0.9
+
+
+def test_hf_finishing_rule_matches_token_for_token(exported):
+    """beam_search(finish_from_top_k=True) in torch_ref equals the JAX one (decode.py mirrors it line for line)."""
+    src = exported.src
+    width = min(src.shape[1] + MAX_EXTRA_LEN, exported.translator.config.model.max_len)
+    limits = jax_decode.output_limits(jnp.asarray(src), PAD, MAX_EXTRA_LEN, width)
+    jm = nnx.merge(exported.translator.graphdef, exported.translator.params, exported.translator.rest)
+    jax_tokens = jax_decode.beam_search(jm, jnp.asarray(src), 4, width, BOS, EOS, 0.0, limits, finish_from_top_k=True)
+    torch_tokens = torch_decode.beam_search(exported.model, src, 4, width, BOS, EOS, 0.0, np.asarray(limits).tolist(),
+                                            finish_from_top_k=True)  # fmt: skip
+    np.testing.assert_array_equal(np.asarray(jax_tokens[0]), torch_tokens[0].numpy())
 
 
 @pytest.mark.parametrize("beam_size, alpha", [(1, 0.0), (4, 0.6)])

@@ -38,6 +38,7 @@ from transformers import (
 
 from jax_transformer import export as export_cli
 from jax_transformer.config import UserError
+from jax_transformer.decode import beam_search, output_limits
 from jax_transformer.hf_export import check_exportable, save_hf
 from jax_transformer.inference import load_translator
 from jax_transformer.model import Transformer, sinusoidal_positions
@@ -277,6 +278,20 @@ def test_beam_generate_without_length_penalty_reproduces_ours(which, copy_export
     ours_logp = log_probs(hf_model, src, [ours[i] for i in differ])
     theirs_logp = log_probs(hf_model, src, [theirs[i] for i in differ])
     assert np.all(ours_logp > theirs_logp), (ours_logp, theirs_logp)
+
+
+@pytest.mark.parametrize("which", ["copy", "random", "random-pre-norm"])
+def test_beam_with_the_hf_finishing_rule_equals_generate(which, copy_export, random_export, pre_norm_export):
+    """With `finish_from_top_k` (only top-K candidates may finish, HF's and fairseq's rule) our beam search returns
+    exactly what generate() returns, also on the untrained models where the default rule differs."""
+    translator, hf_model, _ = pick(which, copy_export, random_export, pre_norm_export)
+    src = jnp.asarray(padded_batch(translator.tokenizer, SENTENCES))
+    max_len = min(src.shape[1] + MAX_EXTRA_LEN, translator.config.model.max_len)
+    limits = output_limits(src, PAD, MAX_EXTRA_LEN, max_len)
+    model = nnx.merge(translator.graphdef, translator.params, translator.rest)
+    tokens, _ = beam_search(model, src, 4, max_len, BOS, EOS, 0.0, limits, finish_from_top_k=True)
+    theirs = hf_generate(hf_model, translator, num_beams=4, length_penalty=0.0, early_stopping="never")
+    assert ours_as_lists(np.asarray(tokens)) == theirs
 
 
 def test_beam_with_length_penalty_is_close_but_not_identical(copy_export):

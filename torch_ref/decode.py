@@ -112,13 +112,16 @@ def length_penalty(length, alpha: float):
 @torch.no_grad()
 def beam_search(
     model, src_ids, beam_size: int, max_len: int, bos_id: int, eos_id: int, alpha: float, limits=None,
-    min_len: int = 0, no_repeat_ngram_size: int = 0,
+    min_len: int = 0, no_repeat_ngram_size: int = 0, finish_from_top_k: bool = False,
 ):  # fmt: skip
     """Batched beam search over the KV cache. Returns (tokens (batch, max_len), scores (batch,)) of the best
     hypothesis per sentence, scored log P(y | x) / length_penalty(|y|) with |y| counting EOS.
 
     Each step expands every live beam by every token, keeps the 2K best candidates, moves those ending in EOS to the
-    finished set (the K best finished so far are kept) and continues with the K best that did not end. A sentence is
+    finished set (the K best finished so far are kept) and continues with the K best that did not end. With
+    `finish_from_top_k` only the candidates ranked in the top K of the 2K may finish (the others are dropped), the rule
+    of Hugging Face generate() and fairseq; by default every one may (tensor2tensor and the Flax WMT example), which
+    keeps more short, probable hypotheses. A sentence is
     done when no live beam can still beat its worst finished hypothesis; the loop ends when every sentence is done or
     at max_len. (The same algorithm as `jax_transformer.decode.beam_search`.)
     """
@@ -169,7 +172,8 @@ def beam_search(
         last = alive_seqs[:, :, index].reshape(-1)
 
         # those that ended join the finished set, which keeps its k best
-        new_scores = torch.where(ended, top_logp / length_penalty(index + 1, alpha), NEG_INF)
+        may_finish = ended & (torch.arange(2 * k, device=device) < k) if finish_from_top_k else ended
+        new_scores = torch.where(may_finish, top_logp / length_penalty(index + 1, alpha), NEG_INF)
         finished_scores, best = _top_k(torch.cat([finished_scores, new_scores], dim=1), k)
         finished_seqs = gather(torch.cat([finished_seqs, top_seqs], dim=1), best)
         index += 1
