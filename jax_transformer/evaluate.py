@@ -9,7 +9,8 @@ ROUGE-1/2/L for summaries.
 bundled files in the run's languages), for TSV / JSONL data the split file's name ('test' reads test.jsonl[.gz]).
 The metric is the run's decode.metric unless --metric says otherwise. ROUGE with several references per example
 (data.references_field, e.g. DialogSum test's three summaries) takes the best reference per example (--multi-ref
-max, as rouge-score's score_multi) or their mean (--multi-ref mean); both are printed.
+max, as rouge-score's score_multi), their mean (--multi-ref mean) or the first alone (--multi-ref first); all are
+printed.
 """
 
 import argparse

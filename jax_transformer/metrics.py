@@ -45,13 +45,14 @@ def chrf(hypotheses: list[str], references: list[str]):
 
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
-MULTI_REF = ("max", "mean")
+MULTI_REF = ("max", "mean", "first")
 
 
 def rouge(hypotheses: list[str], references: list[list[str]] | list[str], multi_ref: str = "max") -> dict[str, float]:
     """Mean ROUGE-1/2/L F1 x 100 over examples. references[i] is one text or a list of texts for hypotheses[i];
     several are combined per example by `multi_ref`: 'max' (the best-matching reference, per ROUGE type, as
-    `RougeScorer.score_multi`) or 'mean' (the average over references). ROUGE-L is the sentence-level LCS ('rougeL',
+    `RougeScorer.score_multi`), 'mean' (the average over references) or 'first' (the first reference alone, e.g.
+    DialogSum's summary1, which the dataset authors' public BART baseline scores against). ROUGE-L is the sentence-level LCS ('rougeL',
     no sentence splitting). Tokens are rouge-score's default: lowercased alphanumerics, Porter-stemmed."""
     from rouge_score import rouge_scorer
 
@@ -70,5 +71,6 @@ def rouge(hypotheses: list[str], references: list[list[str]] | list[str], multi_
         scores = [scorer.score(ref, hypothesis) for ref in refs]  # score(target, prediction)
         for key in ROUGE_TYPES:
             values = [s[key].fmeasure for s in scores]
-            totals[key] += max(values) if multi_ref == "max" else sum(values) / len(values)
+            combined = {"max": max(values), "mean": sum(values) / len(values), "first": values[0]}
+            totals[key] += combined[multi_ref]
     return {key: 100.0 * value / max(len(hypotheses), 1) for key, value in totals.items()}

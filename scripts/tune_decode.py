@@ -2,11 +2,14 @@
 
   python scripts/tune_decode.py runs/multi30k_en_de/avg5                       # beams 4 5 6 x alphas 0.6 0.8 1.0
   python scripts/tune_decode.py runs/multi30k_en_de --beams 5 --alphas 0.4 0.6 0.8 1.0 1.2 --split val
+  python scripts/tune_decode.py runs/dialogsum/avg5 --beams 4 --alphas 0.6 1.0 1.5 2.0   # ROUGE (decode.metric)
 
 The model is a run directory (its latest checkpoint) or a model directory (e.g. the average that
-scripts/multi30k_results.py writes to RUN/avgN). Each pair decodes the whole split; scores are the cased,
-detokenized output's cased sacreBLEU, lowercased Moses-tokenized BLEU and chrF (`jax_transformer.evaluate.score`).
-Tune on val only: test2016 is for the final figure. Writes the table as JSON with --json-out.
+scripts/multi30k_results.py writes to RUN/avgN). Each pair decodes the whole split with the model's other decode
+settings (min_len, no_repeat_ngram_size); scores follow the model's decode.metric: for 'bleu' the cased, detokenized
+output's cased sacreBLEU, lowercased Moses-tokenized BLEU and chrF (`jax_transformer.evaluate.score`), chosen by
+lc-tok BLEU; for 'rouge' ROUGE-1/2/L F1 (`evaluate.score_rouge`, max over references), chosen by ROUGE-1.
+Tune on val only: the test split is for the final figure. Writes the table as JSON with --json-out.
 """
 
 import argparse
@@ -32,7 +35,7 @@ def main(argv=None) -> int:
 
     def run():
         from jax_transformer.config import UserError
-        from jax_transformer.evaluate import _split_texts, score
+        from jax_transformer.evaluate import _split_texts, score, score_rouge
         from jax_transformer.inference import load_translator
 
         if any(b < 1 for b in args.beams) or any(a < 0 for a in args.alphas):
@@ -40,24 +43,27 @@ def main(argv=None) -> int:
         translator = load_translator(args.model)
         data = translator.config.data
         sources, references = _split_texts(data, args.split, args.data_dir)
-        first_refs = [refs[0] for refs in references]
+        if translator.config.decode.metric == "rouge":
+            columns, key = ("rouge1", "rouge2", "rougeL"), "rouge1"
+            evaluate = lambda hypotheses: score_rouge(hypotheses, references)
+        else:
+            columns, key = ("lc_tok_bleu", "bleu", "chrf"), "lc_tok_bleu"
+            evaluate = lambda hypotheses: score(hypotheses, [refs[0] for refs in references], data.tgt_lang)
         rows = []
         print(f"{args.model}: {args.split}, {len(sources):,} sentences", file=sys.stderr)
-        print("| beam | alpha | lc-tok BLEU | sacreBLEU | chrF | seconds |")
-        print("|---:|---:|---:|---:|---:|---:|")
+        print(f"| beam | alpha | {' | '.join(columns)} | seconds |\n|---:|---:|{'---:|' * len(columns)}---:|")
         for beam in args.beams:
             for alpha in args.alphas:
                 started = time.time()
-                hypotheses = translator.translate(sources, beam_size=beam, alpha=alpha)
-                s = score(hypotheses, first_refs, data.tgt_lang)
-                row = {"beam": beam, "alpha": alpha, "lc_tok_bleu": s["lc_tok_bleu"], "bleu": s["bleu"],
-                       "chrf": s["chrf"], "seconds": round(time.time() - started, 1)}  # fmt: skip
+                s = evaluate(translator.translate(sources, beam_size=beam, alpha=alpha))
+                row = {"beam": beam, "alpha": alpha, **{c: s[c] for c in columns},
+                       "seconds": round(time.time() - started, 1)}  # fmt: skip
                 rows.append(row)
-                print(f"| {beam} | {alpha:g} | {row['lc_tok_bleu']:.2f} | {row['bleu']:.2f} | {row['chrf']:.2f} "
+                print(f"| {beam} | {alpha:g} | {' | '.join(f'{row[c]:.2f}' for c in columns)} "
                       f"| {row['seconds']:.0f} |", flush=True)  # fmt: skip
-        best = max(rows, key=lambda r: r["lc_tok_bleu"])
-        print(f"best on {args.split}: beam {best['beam']}, alpha {best['alpha']:g} "
-              f"(lc-tok BLEU {best['lc_tok_bleu']:.2f})", file=sys.stderr)  # fmt: skip
+        best = max(rows, key=lambda r: r[key])
+        print(f"best on {args.split}: beam {best['beam']}, alpha {best['alpha']:g} ({key} {best[key]:.2f})",
+              file=sys.stderr)
         if args.json_out:
             with open(args.json_out, "w", encoding="utf-8") as f:
                 json.dump({"model": args.model, "split": args.split, "rows": rows, "best": best}, f, indent=2)

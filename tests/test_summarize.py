@@ -123,7 +123,7 @@ def test_rouge_hand_computed():
     assert rouge(["Cats SAT!"], ["the cat sits"])["rouge1"] == pytest.approx(40.0)
 
 
-def test_rouge_multi_reference_max_and_mean_against_rouge_score():
+def test_rouge_multi_reference_max_mean_and_first_against_rouge_score():
     hyps = ["#Person1# asks #Person2# to type a memo for all staff.", "They will meet at the station tomorrow."]
     refs = [
         ["#Person1# dictates a memo to #Person2# for all employees.", "A memo for the staff is typed.", "no overlap"],
@@ -136,10 +136,13 @@ def test_rouge_multi_reference_max_and_mean_against_rouge_score():
         mean = np.mean([np.mean(values) for values in per_ref])
         assert rouge(hyps, refs, "max")[key] == pytest.approx(100 * best)
         assert rouge(hyps, refs, "mean")[key] == pytest.approx(100 * mean)
+        first = np.mean([scorer.score(r[0], h)[key].fmeasure for h, r in zip(hyps, refs, strict=True)])
+        assert rouge(hyps, refs, "first")[key] == pytest.approx(100 * first)
         assert best > mean  # the conventions differ here, so the test tells them apart
     result = score_rouge(hyps, refs, "max")
     assert result["rouge1"] == round(rouge(hyps, refs, "max")["rouge1"], 2)
     assert result["mean_over_references"]["rouge1"] == round(rouge(hyps, refs, "mean")["rouge1"], 2)
+    assert result["first_over_references"]["rouge1"] == round(rouge(hyps, refs, "first")["rouge1"], 2)
     with pytest.raises(UserError, match="align"):
         rouge(hyps, refs[:1])
 
@@ -210,6 +213,7 @@ def test_summarization_run_end_to_end(tmp_path, capsys):
     """A tiny run on a DialogSum slice: truncated sources, validation ROUGE in metrics.jsonl, then the evaluate
     command on the three-reference test split with beam search, min_len and n-gram blocking."""
     import gzip
+    import importlib.util
     import json
 
     from jax_transformer import evaluate
@@ -244,3 +248,15 @@ def test_summarization_run_end_to_end(tmp_path, capsys):
     assert len((tmp_path / "hyp.txt").read_text(encoding="utf-8").splitlines()) == 6
     assert evaluate.main([str(tmp_path / "run"), "--split", "nosuch"]) == 1  # one line, no traceback
     assert "missing file" in capsys.readouterr().err
+
+    # scripts/tune_decode.py scores a summarization run with its decode.metric: ROUGE, as `evaluate` does
+    spec = importlib.util.spec_from_file_location("tune_decode", DIALOGSUM.parents[1] / "scripts" / "tune_decode.py")
+    tune_decode = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tune_decode)
+    rows_path = tmp_path / "tune.json"
+    assert tune_decode.main([str(tmp_path / "run"), "--beams", "2", "--alphas", "0.0", "--split", "test",
+                             "--json-out", str(rows_path)]) == 0  # fmt: skip
+    row = json.loads(rows_path.read_text(encoding="utf-8"))["rows"][0]
+    capsys.readouterr()
+    assert evaluate.main([str(tmp_path / "run"), "--split", "test", "--json", "--alpha", "0.0"]) == 0
+    assert row["rouge1"] == json.loads(capsys.readouterr().out)["rouge1"] and "lc_tok_bleu" not in row
