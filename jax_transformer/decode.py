@@ -139,9 +139,9 @@ def beam_search(
     finished set (the K best finished so far are kept) and continues with the K best that did not end. With
     `finish_from_top_k` only the candidates ranked in the top K of the 2K may finish (the others are dropped), the rule
     of Hugging Face generate() and fairseq; by default every one may (tensor2tensor and the Flax WMT example), which
-    keeps more short, probable hypotheses. A sentence is
-    done when no live beam can still beat its worst finished hypothesis (log P only falls and the penalty is largest
-    at the limit); the loop ends when every sentence is done or at max_len.
+    keeps more short, probable hypotheses. A sentence is done when no live beam can still beat its worst finished
+    hypothesis (log P only falls and the penalty is largest at the limit); the loop ends when every sentence is done
+    or at max_len.
     """
     batch, k, pad_id = src_ids.shape[0], beam_size, model.config.pad_id
     limits = jnp.full((batch,), max_len, jnp.int32) if limits is None else limits

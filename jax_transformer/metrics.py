@@ -52,8 +52,9 @@ def rouge(hypotheses: list[str], references: list[list[str]] | list[str], multi_
     """Mean ROUGE-1/2/L F1 x 100 over examples. references[i] is one text or a list of texts for hypotheses[i];
     several are combined per example by `multi_ref`: 'max' (the best-matching reference, per ROUGE type, as
     `RougeScorer.score_multi`), 'mean' (the average over references) or 'first' (the first reference alone, e.g.
-    DialogSum's summary1, which the dataset authors' public BART baseline scores against). ROUGE-L is the sentence-level LCS ('rougeL',
-    no sentence splitting). Tokens are rouge-score's default: lowercased alphanumerics, Porter-stemmed."""
+    DialogSum's summary1, which the dataset authors' public BART baseline scores against). ROUGE-L is the
+    sentence-level LCS ('rougeL', no sentence splitting). Tokens are rouge-score's default: lowercased
+    alphanumerics, Porter-stemmed."""
     from rouge_score import rouge_scorer
 
     from .config import UserError

@@ -121,9 +121,9 @@ def beam_search(
     finished set (the K best finished so far are kept) and continues with the K best that did not end. With
     `finish_from_top_k` only the candidates ranked in the top K of the 2K may finish (the others are dropped), the rule
     of Hugging Face generate() and fairseq; by default every one may (tensor2tensor and the Flax WMT example), which
-    keeps more short, probable hypotheses. A sentence is
-    done when no live beam can still beat its worst finished hypothesis; the loop ends when every sentence is done or
-    at max_len. (The same algorithm as `jax_transformer.decode.beam_search`.)
+    keeps more short, probable hypotheses. A sentence is done when no live beam can still beat its worst finished
+    hypothesis; the loop ends when every sentence is done or at max_len. (The same algorithm as
+    `jax_transformer.decode.beam_search`.)
     """
     src_ids = torch.as_tensor(src_ids, dtype=torch.long)
     device = src_ids.device
