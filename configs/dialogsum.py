@@ -16,7 +16,7 @@ a high inverse-sqrt peak (2e-3) learn several times faster in a CPU hour than po
 (2026-12-01; test ROUGE-1/2/L 39.8 / 13.6 / 32.7 best-of-3 with the best checkpoint), extended to 5,000 on 2026-12-02
 (42 more minutes, about 15 of them shared with the test suite): validation perplexity 18.5 -> 17.0, and with the last
 5 averaged, test ROUGE-1/2/L 42.0 / 14.8 / 34.3 (best of the 3 references; 35.3 / 9.2 / 28.0 as their mean). The same
-recipe with --config.model.dtype=bfloat16 (2026-12-02, Intel Xeon with AMX, 78 minutes): 43.0 / 15.6 / 35.1 (best of
+recipe with --config.model.dtype=bfloat16 (2026-12-02, Intel Xeon with AMX, 79 minutes): 43.0 / 15.6 / 35.1 (best of
 3), 36.3 / 9.9 / 28.7 (mean), 36.1 / 9.7 / 28.4 (first reference); alpha 1.0 chosen on val over 1.5 (37.20 vs 31.47).
 """
 
