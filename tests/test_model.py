@@ -341,8 +341,8 @@ def test_bf16_matmul_and_its_gradients_agree_with_fp32():
     bf16 rounding (8 significant bits: relative 2^-8 per operand)."""
     rng = np.random.default_rng(0)
     x, w = rng.normal(size=(3, 5, 16)).astype(np.float32), rng.normal(size=(16, 8)).astype(np.float32)
-    x, w = jnp.asarray(x).astype(jnp.bfloat16).astype(jnp.float32), jnp.asarray(w).astype(jnp.bfloat16)
-    w = w.astype(jnp.float32)  # operands exactly representable in bf16, so only the gradients' rounding remains
+    # operands exactly representable in bf16, so only the gradients' rounding remains
+    x, w = (jnp.asarray(a).astype(jnp.bfloat16).astype(jnp.float32) for a in (x, w))
 
     def loss(matmul, x, w):
         return jnp.sum(jnp.sin(matmul(x, w)))
