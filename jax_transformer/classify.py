@@ -45,8 +45,14 @@ def load_tokenizer(name_or_dir: str):
         raise UserError(f"could not load the tokenizer of {name_or_dir} ({e})") from None
 
 
-def make_optimizer(cfg: ClassifyTrainConfig, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """AdamW (decay on matrices only) with linear warmup to `learning_rate` then linear decay to 0, after clipping."""
+def make_optimizer(
+    cfg: ClassifyTrainConfig, total_steps: int, lr_scales=None
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """AdamW (decay on matrices only) with linear warmup to `learning_rate` then linear decay to 0, after clipping.
+
+    `lr_scales` (a tree like the parameters, e.g. from `layer_lr_scales`) multiplies each parameter's update, i.e. its
+    learning rate (the decoupled weight decay included, as in ELECTRA's layer-wise decay).
+    """
     warmup = int(round(cfg.warmup_ratio * total_steps))
     schedule = optax.join_schedules(
         [optax.linear_schedule(0.0, cfg.learning_rate, max(warmup, 1)),
@@ -54,11 +60,34 @@ def make_optimizer(cfg: ClassifyTrainConfig, total_steps: int) -> tuple[optax.Gr
         [max(warmup, 1)],
     )  # fmt: skip
     decay_matrices = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
-    adamw = optax.adamw(
+    chain = [optax.adamw(
         schedule, cfg.adam_b1, cfg.adam_b2, cfg.adam_eps, weight_decay=cfg.weight_decay, mask=decay_matrices
-    )
-    tx = optax.chain(optax.clip_by_global_norm(cfg.clip_grad_norm), adamw) if cfg.clip_grad_norm > 0 else adamw
-    return tx, schedule
+    )]  # fmt: skip
+    if cfg.clip_grad_norm > 0:
+        chain.insert(0, optax.clip_by_global_norm(cfg.clip_grad_norm))
+    if lr_scales is not None:
+        chain.append(optax.GradientTransformation(
+            lambda params: optax.EmptyState(),
+            lambda updates, state, params=None: (jax.tree.map(lambda u, c: u * c, updates, lr_scales), state),
+        ))  # fmt: skip
+    return optax.chain(*chain), schedule
+
+
+def layer_lr_scales(params, decay: float, num_layers: int):
+    """Learning-rate multipliers by depth: the head (and anything above the encoder layers) 1, encoder layer i of
+    `num_layers` (0 = lowest) decay^(num_layers - i), the embeddings (and their LayerNorm) decay^(num_layers + 1)."""
+
+    def scale(path, _):
+        names = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
+        if names[:2] == ["encoder", "layers"]:
+            depth = int(names[2]) + 1
+        elif "embedding" in names[0] or (names[0] == "encoder" and "embedding" in names[1]):
+            depth = 0  # token / token-type / position embeddings, embedding LayerNorm
+        else:
+            depth = num_layers + 1
+        return decay ** (num_layers + 1 - depth)
+
+    return jax.tree_util.tree_map_with_path(scale, params)
 
 
 def build_model(model_config: ModelConfig, num_labels: int, config: ClassifyConfig, seed: int = 0):
@@ -71,8 +100,8 @@ def build_model(model_config: ModelConfig, num_labels: int, config: ClassifyConf
 class ClassifierSteps:
     """Jitted train / predict steps over (params, optimizer state) pytrees; one compile per batch shape."""
 
-    def __init__(self, model: EncoderClassifier, tx=None, schedule=None, seed: int = 0):
-        self.tx, self.schedule = tx, schedule
+    def __init__(self, model: EncoderClassifier, tx=None, schedule=None, seed: int = 0, ema_decay: float = 0.0):
+        self.tx, self.schedule, self.ema_decay = tx, schedule, ema_decay
         self.base_key = jax.random.key(seed)
         model.train()
         self.train_graphdef, self.params, self.rng_state = nnx.split(model, nnx.Param, ...)
@@ -82,7 +111,15 @@ class ClassifierSteps:
         self.predict_step = jax.jit(self._predict)
 
     def init_state(self) -> dict:
-        return {"params": self.params, "opt_state": self.tx.init(self.params), "step": jnp.zeros((), jnp.int32)}
+        state = {"params": self.params, "opt_state": self.tx.init(self.params), "step": jnp.zeros((), jnp.int32)}
+        if self.ema_decay > 0:
+            state["ema"] = jax.tree.map(jnp.copy, self.params)
+        return state
+
+    @staticmethod
+    def eval_params(state: dict):
+        """The weights to evaluate and keep: the moving average when there is one, else the trained weights."""
+        return state.get("ema", state["params"])
 
     def _train_step(self, state, batch):
         key = jax.random.fold_in(self.base_key, state["step"])
@@ -104,6 +141,10 @@ class ClassifierSteps:
             "opt_state": opt_state,
             "step": state["step"] + 1,
         }
+        if "ema" in state:  # the decay ramps up over the first updates (as tf.train.ExponentialMovingAverage's)
+            step = state["step"].astype(jnp.float32)
+            decay = jnp.minimum(self.ema_decay, (1.0 + step) / (10.0 + step))
+            new_state["ema"] = jax.tree.map(lambda e, p: e + (1.0 - decay) * (p - e), state["ema"], new_state["params"])
         metrics = {"loss": loss, "correct": correct, "examples": jnp.sum(batch["weights"]),
                    "grad_norm": optax.global_norm(grads), "lr": self.schedule(state["step"])}  # fmt: skip
         return new_state, metrics
@@ -202,13 +243,19 @@ def train_classifier(config: ClassifyConfig) -> dict:
         f"{len(valid_set.ids):,} dev; labels {labels}; {stats['batches']:,} batches/epoch in {stats['shapes']} shapes, "
         f"{stats['real_tokens']:.1%} real tokens"
     )
-    tx, schedule = make_optimizer(tcfg, total_steps)
-    steps = ClassifierSteps(model, tx, schedule, config.seed)
+    lr_scales = None
+    if tcfg.layer_lr_decay < 1:
+        lr_scales = layer_lr_scales(nnx.state(model, nnx.Param), tcfg.layer_lr_decay, model_config.num_encoder_layers)
+    tx, schedule = make_optimizer(tcfg, total_steps, lr_scales)
+    steps = ClassifierSteps(model, tx, schedule, config.seed, tcfg.ema_decay)
     state = steps.init_state()
     del model
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state["params"]))
     _say(f"model: {config.pretrained} + {config.pooling}-pooled head, {num_params:,} parameters, {dtype}; "
-         f"{total_steps:,} updates of {tcfg.batch_size}; run directory {run_dir}")  # fmt: skip
+         f"{total_steps:,} updates of {tcfg.batch_size}"
+         + (f", layer-wise lr decay {tcfg.layer_lr_decay}" if lr_scales is not None else "")
+         + (f", evaluating a weight average (EMA {tcfg.ema_decay})" if tcfg.ema_decay else "")
+         + f"; run directory {run_dir}")  # fmt: skip
 
     checkpoints = Checkpointer(ckpt_dir, keep=1, keep_best=True)
     log = RunLog(run_dir)
@@ -244,13 +291,16 @@ def train_classifier(config: ClassifyConfig) -> dict:
                     _say(f"step {step}: loss {last['loss']:.4f} train acc {last['accuracy']:.3f} lr {last['lr']:.2e}")
                 pending = []
             if step % tcfg.eval_every == 0 or step == total_steps:
-                report = evaluate(state["params"])
+                report = evaluate(steps.eval_params(state))
                 scores = {"accuracy": report["accuracy"], "f1_macro": report["f1_macro"]}
+                if "ema" in state:  # what the weights themselves score, to see what the average adds
+                    scores["accuracy_without_ema"] = evaluate(state["params"])["accuracy"]
                 log.write("valid", step, scores)
                 best = scores["accuracy"] if best is None else max(best, scores["accuracy"])
                 _say(f"step {step} dev: accuracy {scores['accuracy']:.4f}, macro-F1 {scores['f1_macro']:.4f} "
                      f"(best {best:.4f}); {time.time() - started:.0f}s")  # fmt: skip
-                checkpoints.save(step, {"params": state["params"]}, {"step": step, "metrics": scores}, metrics=scores)
+                kept = {"params": steps.eval_params(state)}
+                checkpoints.save(step, kept, {"step": step, "metrics": scores}, metrics=scores)
     finally:
         progress.close()
         log.close()

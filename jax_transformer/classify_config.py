@@ -86,6 +86,12 @@ class ClassifyTrainConfig:
     log_every: int = 50
     eval_every: int = 500  # dev accuracy (and a checkpoint, the best kept) every N updates and at the end
     bf16: bool = False  # bfloat16 computation (parameters and optimizer state stay fp32)
+    # layer-wise learning-rate decay (ELECTRA, Clark et al. 2020): the head learns at learning_rate, the top encoder
+    # layer at learning_rate * d, the one below at * d^2, ..., the embeddings at * d^(layers + 1); 1.0 = off
+    layer_lr_decay: float = 1.0
+    # > 0: also keep an exponential moving average of the weights (decay per update, e.g. 0.999 ~ the last 1,000
+    # updates); dev evaluation and checkpoints then use the averaged weights. 0 = off
+    ema_decay: float = 0.0
 
     def __post_init__(self):
         for key in ("epochs", "batch_size", "log_every", "eval_every"):
@@ -95,6 +101,8 @@ class ClassifyTrainConfig:
         _require(0 <= self.warmup_ratio < 1, f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         _require(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
         _require(self.clip_grad_norm >= 0, f"train.clip_grad_norm must be >= 0, got {self.clip_grad_norm}")
+        _require(0 < self.layer_lr_decay <= 1, f"train.layer_lr_decay must be in (0, 1], got {self.layer_lr_decay}")
+        _require(0 <= self.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
 
 
 @dataclass

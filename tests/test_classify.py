@@ -173,3 +173,93 @@ def test_predict_cli_reads_arguments_stdin_and_files(trained_run, tmp_path, caps
     assert capsys.readouterr().out.strip().endswith("three")
     assert predict.main([str(tmp_path / "nowhere"), "x"]) == 1
     assert "no config.json" in capsys.readouterr().err
+
+
+def _tiny_steps(tiny_bert, **train):
+    """ClassifierSteps of the tiny BERT (2 layers) with the recipe's optimizer, and one fixed batch."""
+    from jax_transformer.classify import ClassifierSteps, build_model, layer_lr_scales, make_optimizer
+
+    tcfg = ClassifyTrainConfig(**{"learning_rate": 1e-3, "warmup_ratio": 0.0, **train})
+    model_config = bert.bert_model_config(tiny_bert)
+    model = build_model(model_config, 2, ClassifyConfig(pretrained=tiny_bert))
+    scales = layer_lr_scales(nnx_params(model), tcfg.layer_lr_decay, 2) if tcfg.layer_lr_decay < 1 else None
+    tx, schedule = make_optimizer(tcfg, 10, scales)
+    rng = np.random.default_rng(0)
+    batch = {"ids": rng.integers(1000, 2000, (4, 8)).astype(np.int32), "labels": np.array([0, 1, 1, 0], np.int32),
+             "weights": np.ones(4, np.float32)}  # fmt: skip
+    return ClassifierSteps(model, tx, schedule, ema_decay=tcfg.ema_decay), batch
+
+
+def nnx_params(model):
+    from flax import nnx
+
+    return nnx.state(model, nnx.Param)
+
+
+def _leaf(params, *names):
+    for name in names:
+        params = params[name]
+    return np.asarray(params.value if hasattr(params, "value") else params)
+
+
+@pytest.mark.parametrize("decay", [0.5, 0.8])
+def test_layer_lr_decay_scales_each_layers_update_by_depth(tiny_bert, decay):
+    import jax
+
+    plain, batch = _tiny_steps(tiny_bert)
+    decayed, _ = _tiny_steps(tiny_bert, layer_lr_decay=decay)
+    before = jax.tree.map(np.array, plain.params)
+    moved = {}
+    for name, steps in (("plain", plain), ("decayed", decayed)):
+        state = steps.init_state()
+        for _ in range(2):  # the schedule's first learning rate is 0 (warmup from 0)
+            state, _ = steps.train_step(state, batch)
+        moved[name] = jax.tree.map(lambda a, b: np.asarray(a) - b, state["params"], before)
+    # Adam's update is elementwise, so each parameter's step is the plain one times its depth's factor (2 layers):
+    # head 1, layer 1 decay, layer 0 decay^2, embeddings decay^3
+    for names, factor in ((("classifier", "kernel"), 1.0),
+                          (("encoder", "layers", 1, "self_attn", "query", "kernel"), decay),
+                          (("encoder", "layers", 0, "feed_forward", "linear1", "bias"), decay**2),
+                          (("encoder", "embedding_norm", "scale"), decay**3),
+                          (("token_embedding", "embedding"), decay**3)):  # fmt: skip
+        np.testing.assert_allclose(  # atol: the rounding of fp32 (p + u) - p
+            _leaf(moved["decayed"], *names), factor * _leaf(moved["plain"], *names), rtol=1e-3, atol=2e-7
+        )
+    assert np.abs(_leaf(moved["plain"], "encoder", "layers", 0, "self_attn", "key", "kernel")).max() > 0
+
+
+def test_ema_follows_the_weights_with_a_warming_decay(tiny_bert):
+    import jax
+
+    steps, batch = _tiny_steps(tiny_bert, ema_decay=0.9)
+    state = steps.init_state()
+    ema = jax.tree.map(np.array, state["params"])
+    for step in range(4):
+        state, _ = steps.train_step(state, batch)
+        d = min(0.9, (1 + step) / (10 + step))  # 0.1, 0.18, 0.25, 0.31: the average follows closely at first
+        ema = jax.tree.map(lambda e, p, d=d: e + (1 - d) * (np.asarray(p) - e), ema, state["params"])
+    for names in (("classifier", "kernel"), ("encoder", "layers", 0, "self_attn", "out", "kernel")):
+        np.testing.assert_allclose(_leaf(state["ema"], *names), _leaf(ema, *names), rtol=1e-5, atol=1e-7)
+        assert not np.allclose(_leaf(state["ema"], *names), _leaf(state["params"], *names))
+    assert steps.eval_params(state) is state["ema"]
+
+
+def test_a_run_with_ema_keeps_and_reports_the_averaged_weights(tiny_bert, sst2_small, tmp_path):
+    from jax_transformer.classify import Classifier, train_classifier
+
+    run_dir = str(tmp_path / "ema")
+    report = train_classifier(small_config(tiny_bert, sst2_small, run_dir, steps=3, eval_every=3,
+                                           ema_decay=0.5, layer_lr_decay=0.7))  # fmt: skip
+    valid = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl")) if '"valid"' in line]
+    assert len(valid) == 1 and 0.0 <= valid[0]["accuracy_without_ema"] <= 1.0
+    classifier = Classifier.load(run_dir)
+    dataset, _ = cdata.load_dataset(os.path.join(sst2_small, "dev.tsv"), classifier.config.data,
+                                    classifier.labels, classifier.tokenizer)  # fmt: skip
+    assert classifier.evaluate(dataset)["accuracy"] == report["accuracy"] == valid[0]["accuracy"]
+
+
+def test_bad_lr_decay_and_ema_values_are_refused():
+    with pytest.raises(ConfigError, match="layer_lr_decay"):
+        ClassifyTrainConfig(layer_lr_decay=0.0)
+    with pytest.raises(ConfigError, match="ema_decay"):
+        ClassifyTrainConfig(ema_decay=1.0)
