@@ -100,8 +100,9 @@ def build_model(model_config: ModelConfig, num_labels: int, config: ClassifyConf
 class ClassifierSteps:
     """Jitted train / predict steps over (params, optimizer state) pytrees; one compile per batch shape."""
 
-    def __init__(self, model: EncoderClassifier, tx=None, schedule=None, seed: int = 0, ema_decay: float = 0.0):
-        self.tx, self.schedule, self.ema_decay = tx, schedule, ema_decay
+    def __init__(self, model: EncoderClassifier, tx=None, schedule=None, seed: int = 0, ema_decay: float = 0.0,
+                 rdrop_alpha: float = 0.0):  # fmt: skip
+        self.tx, self.schedule, self.ema_decay, self.rdrop_alpha = tx, schedule, ema_decay, rdrop_alpha
         self.base_key = jax.random.key(seed)
         model.train()
         self.train_graphdef, self.params, self.rng_state = nnx.split(model, nnx.Param, ...)
@@ -127,8 +128,15 @@ class ClassifierSteps:
         def loss_fn(params):
             model = nnx.merge(self.train_graphdef, params, jax.tree.map(jnp.asarray, self.rng_state))
             nnx.reseed(model, dropout=key, policy=_per_module_key)
-            logits = model(batch["ids"])
+            logits = model(batch["ids"])  # (batch, num_labels)
             losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
+            if self.rdrop_alpha > 0:  # R-Drop: a second pass under other dropout masks, pulled towards the first
+                nnx.reseed(model, dropout=jax.random.fold_in(key, 1), policy=_per_module_key)
+                other = model(batch["ids"])
+                losses = 0.5 * (losses + optax.softmax_cross_entropy_with_integer_labels(other, batch["labels"]))
+                logp, logq = jax.nn.log_softmax(logits), jax.nn.log_softmax(other)
+                symmetric_kl = 0.5 * jnp.sum((jnp.exp(logp) - jnp.exp(logq)) * (logp - logq), axis=-1)
+                losses = losses + self.rdrop_alpha * symmetric_kl
             weights = batch["weights"]
             loss = jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1.0)
             correct = jnp.sum((jnp.argmax(logits, -1) == batch["labels"]) * weights)
@@ -247,7 +255,7 @@ def train_classifier(config: ClassifyConfig) -> dict:
     if tcfg.layer_lr_decay < 1:
         lr_scales = layer_lr_scales(nnx.state(model, nnx.Param), tcfg.layer_lr_decay, model_config.num_encoder_layers)
     tx, schedule = make_optimizer(tcfg, total_steps, lr_scales)
-    steps = ClassifierSteps(model, tx, schedule, config.seed, tcfg.ema_decay)
+    steps = ClassifierSteps(model, tx, schedule, config.seed, tcfg.ema_decay, tcfg.rdrop_alpha)
     state = steps.init_state()
     del model
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state["params"]))
@@ -255,6 +263,7 @@ def train_classifier(config: ClassifyConfig) -> dict:
          f"{total_steps:,} updates of {tcfg.batch_size}"
          + (f", layer-wise lr decay {tcfg.layer_lr_decay}" if lr_scales is not None else "")
          + (f", evaluating a weight average (EMA {tcfg.ema_decay})" if tcfg.ema_decay else "")
+         + (f", R-Drop alpha {tcfg.rdrop_alpha}" if tcfg.rdrop_alpha else "")
          + f"; run directory {run_dir}")  # fmt: skip
 
     checkpoints = Checkpointer(ckpt_dir, keep=1, keep_best=True)

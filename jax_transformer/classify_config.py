@@ -92,6 +92,9 @@ class ClassifyTrainConfig:
     # > 0: also keep an exponential moving average of the weights (decay per update, e.g. 0.999 ~ the last 1,000
     # updates); dev evaluation and checkpoints then use the averaged weights. 0 = off
     ema_decay: float = 0.0
+    # > 0: R-Drop (Liang et al. 2021): each batch runs twice under different dropout masks; the loss is the mean of
+    # the two cross-entropies + alpha * the symmetric KL divergence between the two predictions (twice the compute)
+    rdrop_alpha: float = 0.0
 
     def __post_init__(self):
         for key in ("epochs", "batch_size", "log_every", "eval_every"):
@@ -103,6 +106,7 @@ class ClassifyTrainConfig:
         _require(self.clip_grad_norm >= 0, f"train.clip_grad_norm must be >= 0, got {self.clip_grad_norm}")
         _require(0 < self.layer_lr_decay <= 1, f"train.layer_lr_decay must be in (0, 1], got {self.layer_lr_decay}")
         _require(0 <= self.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+        _require(self.rdrop_alpha >= 0, f"train.rdrop_alpha must be >= 0, got {self.rdrop_alpha}")
 
 
 @dataclass

@@ -187,7 +187,7 @@ def _tiny_steps(tiny_bert, **train):
     rng = np.random.default_rng(0)
     batch = {"ids": rng.integers(1000, 2000, (4, 8)).astype(np.int32), "labels": np.array([0, 1, 1, 0], np.int32),
              "weights": np.ones(4, np.float32)}  # fmt: skip
-    return ClassifierSteps(model, tx, schedule, ema_decay=tcfg.ema_decay), batch
+    return ClassifierSteps(model, tx, schedule, ema_decay=tcfg.ema_decay, rdrop_alpha=tcfg.rdrop_alpha), batch
 
 
 def nnx_params(model):
@@ -263,3 +263,14 @@ def test_bad_lr_decay_and_ema_values_are_refused():
         ClassifyTrainConfig(layer_lr_decay=0.0)
     with pytest.raises(ConfigError, match="ema_decay"):
         ClassifyTrainConfig(ema_decay=1.0)
+
+
+def test_rdrop_adds_alpha_times_a_positive_symmetric_kl(tiny_bert):
+    losses = []
+    for alpha in (1.0, 2.0, 3.0):  # same weights, batch and dropout masks: only alpha changes
+        steps, batch = _tiny_steps(tiny_bert, rdrop_alpha=alpha)
+        _, metrics = steps.train_step(steps.init_state(), batch)
+        losses.append(float(metrics["loss"]))
+    kl = losses[1] - losses[0]
+    assert kl > 1e-6  # the two dropout masks differ, so do the two predictions
+    assert abs((losses[2] - losses[1]) - kl) < 1e-5 * max(1.0, abs(losses[0]))
