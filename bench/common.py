@@ -18,6 +18,11 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(1, REPO_ROOT)  # after the script's own folder
 
+from jax_transformer.host_memory import describe as malloc_line  # noqa: E402
+from jax_transformer.host_memory import keep_freed_memory  # noqa: E402
+
+keep_freed_memory()  # for every framework in the process alike (torch's CPU allocator uses malloc too)
+
 
 def available_cores() -> int:
     """Cores this process may run on (the affinity mask, e.g. under taskset), else os.cpu_count()."""
@@ -67,6 +72,7 @@ def machine_lines() -> list[str]:
         f"- CPU: {cpu_model()} ({available_cores()} cores available to this process, os.cpu_count()={os.cpu_count()}"
         f"{'; ' + ', '.join(features) if features else ''})",
         f"- OS: {platform.platform()}; Python {platform.python_version()}",
+        f"- {malloc_line()}",
     ]
 
 

@@ -5,7 +5,9 @@ vocabulary), trained for what a CPU affords in about an hour and a half: 8,000 u
 epochs), pre-norm layers, an inverse-sqrt schedule peaking at 3e-3 after 400 warmup steps, label smoothing 0.1;
 evaluation averages the last 10 checkpoints (every 250 updates: steps 5,750-8,000) and decodes with beam 5, alpha 1.2
 (both chosen on val). Measured 2026-12-02 on 2 CPU cores: test2016 lc-tok BLEU 40.01 (val 40.71) after 98 minutes
-(the first 4,000 updates 42 minutes alone; the rest 55, some of it shared with tests).
+(the first 4,000 updates 42 minutes alone; the rest 55, some of it shared with tests). Those runs used 4-token length
+buckets (`--config.data.length_bucket_step=4` reproduces them); the recipe now buckets by 3 tokens (2026-12-02), which
+raises the real tokens per batch from 88.3% to 90.6% and was not re-trained to 8,000 updates.
 
 Why not Wu et al.'s own schedule: their 41.02 BLEU came from 8,000 updates on two GPUs of 4,096 tokens each (8,192
 tokens per update, about 150 epochs of Multi30k) with post-norm layers and a 5e-3 peak after 2,000 warmup steps. Cut
@@ -24,7 +26,8 @@ def get_config() -> Config:
         name="multi30k_en_de",
         model=model_preset("tiny", dropout=0.3, norm_position="pre", max_len=256),
         data=DataConfig(
-            path="data/multi30k", src_lang="en", tgt_lang="de", vocab_size=8000, max_len=100, max_tokens=4096
+            path="data/multi30k", src_lang="en", tgt_lang="de", vocab_size=8000, max_len=100, max_tokens=4096,
+            length_bucket_step=3,  # 90.6% real tokens per batch in 32 shapes (step 4: 88.3% in 24; 2: 92.3% in 45)
         ),  # fmt: skip
         train=TrainConfig(
             steps=8000,

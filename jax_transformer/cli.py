@@ -20,6 +20,9 @@ def enable_compilation_cache() -> None:
 def run_cli(fn) -> int:
     """Call `fn()`; print a `UserError` (bad files, flags, configs, checkpoints) as one line, no traceback."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from .host_memory import keep_freed_memory
+
+    keep_freed_memory()  # before the first large allocation: XLA:CPU's buffers are then reused, not page-faulted
     from absl import logging as absl_logging
 
     from .config import UserError
