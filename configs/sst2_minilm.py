@@ -2,10 +2,14 @@
 
 The bundled sentence-transformers MiniLM (6 layers, d_model 384) with a mean-pooled linear head; AdamW, linear warmup
 (6%) and decay, clipping at 1.0. SST-2 sentences are short: with max_len 64 only 4 training sentences are truncated,
-and 8-token length buckets give 8 batch shapes with 79.8% real tokens. Three epochs (6,321 updates) on the 2-core CPU,
-alone: dev accuracy 89.9% (best checkpoint, the last), 30 minutes (2026-12-01); one epoch gave 89.1% (2026-11-25).
-The 91% target is not reached: dev accuracy stays within 89-90% from the second epoch on, while training accuracy
-climbs to 98%.
+and 8-token length buckets give 8 batch shapes with 79.8% real tokens. Two epochs (4,214 updates) with R-Drop
+(alpha 1.0: every batch runs twice under different dropout masks) and dev evaluation of an exponential moving average
+of the weights (decay 0.999), every 250 updates. Measured on the 2-core CPU with `--config.train.bf16=true`, alone
+(2026-12-02): best dev accuracy 90.71% (step 3,500; 90.02% at the end), 29 minutes.
+
+Earlier recipes on the same data (dev accuracy of the best checkpoint): 3 epochs plain, lr 1e-4: 89.9%; lr 5e-5:
+90.1%; 3 epochs with layer-wise lr decay 0.85 at lr 1.5e-4 and the EMA: 90.25%. The 91% target is not reached: every
+recipe levels off at 89.5-90.7% from the first epoch on while training accuracy climbs to 96-98%.
 """
 
 from jax_transformer.classify_config import ClassifyConfig, ClassifyDataConfig, ClassifyTrainConfig
@@ -29,13 +33,15 @@ def get_config() -> ClassifyConfig:
             length_bucket_step=8,
         ),
         train=ClassifyTrainConfig(
-            epochs=3,
+            epochs=2,
             batch_size=32,
             learning_rate=1e-4,
             warmup_ratio=0.06,
             weight_decay=0.01,
             clip_grad_norm=1.0,
             log_every=50,
-            eval_every=500,
+            eval_every=250,
+            rdrop_alpha=1.0,
+            ema_decay=0.999,
         ),
     )
