@@ -21,7 +21,7 @@ if REPO_ROOT not in sys.path:
 from jax_transformer.host_memory import describe as malloc_line  # noqa: E402
 from jax_transformer.host_memory import keep_freed_memory  # noqa: E402
 
-keep_freed_memory()  # for every framework in the process alike (torch's CPU allocator uses malloc too)
+keep_freed_memory(default=True)  # for every framework in the process alike (torch's CPU allocator uses malloc too)
 
 
 def available_cores() -> int:
