@@ -28,6 +28,7 @@ from .classify_config import ClassifyConfig, ClassifyTrainConfig, load_classify_
 from .config import ModelConfig, UserError
 from .model import EncoderClassifier
 from .run_log import RunLog
+from .sharding import path_name
 from .train_lib import _per_module_key
 
 
@@ -75,10 +76,13 @@ def make_optimizer(
 
 def layer_lr_scales(params, decay: float, num_layers: int):
     """Learning-rate multipliers by depth: the head (and anything above the encoder layers) 1, encoder layer i of
-    `num_layers` (0 = lowest) decay^(num_layers - i), the embeddings (and their LayerNorm) decay^(num_layers + 1)."""
+    `num_layers` (0 = lowest) decay^(num_layers - i), the embeddings (and their LayerNorm) decay^(num_layers + 1).
+    None when `decay` is 1 (every parameter at the full rate)."""
+    if decay >= 1:
+        return None
 
     def scale(path, _):
-        names = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
+        names = path_name(path).split("/")
         if names[:2] == ["encoder", "layers"]:
             depth = int(names[2]) + 1
         elif "embedding" in names[0] or (names[0] == "encoder" and "embedding" in names[1]):
@@ -135,8 +139,8 @@ class ClassifierSteps:
                 other = model(batch["ids"])
                 losses = 0.5 * (losses + optax.softmax_cross_entropy_with_integer_labels(other, batch["labels"]))
                 logp, logq = jax.nn.log_softmax(logits), jax.nn.log_softmax(other)
-                symmetric_kl = 0.5 * jnp.sum((jnp.exp(logp) - jnp.exp(logq)) * (logp - logq), axis=-1)
-                losses = losses + self.rdrop_alpha * symmetric_kl
+                kl = optax.losses.kl_divergence_with_log_targets  # (log q, log p) -> KL(p || q)
+                losses = losses + self.rdrop_alpha * 0.5 * (kl(logq, logp) + kl(logp, logq))
             weights = batch["weights"]
             loss = jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1.0)
             correct = jnp.sum((jnp.argmax(logits, -1) == batch["labels"]) * weights)
@@ -251,9 +255,7 @@ def train_classifier(config: ClassifyConfig) -> dict:
         f"{len(valid_set.ids):,} dev; labels {labels}; {stats['batches']:,} batches/epoch in {stats['shapes']} shapes, "
         f"{stats['real_tokens']:.1%} real tokens"
     )
-    lr_scales = None
-    if tcfg.layer_lr_decay < 1:
-        lr_scales = layer_lr_scales(nnx.state(model, nnx.Param), tcfg.layer_lr_decay, model_config.num_encoder_layers)
+    lr_scales = layer_lr_scales(nnx.state(model, nnx.Param), tcfg.layer_lr_decay, model_config.num_encoder_layers)
     tx, schedule = make_optimizer(tcfg, total_steps, lr_scales)
     steps = ClassifierSteps(model, tx, schedule, config.seed, tcfg.ema_decay, tcfg.rdrop_alpha)
     state = steps.init_state()
@@ -300,7 +302,8 @@ def train_classifier(config: ClassifyConfig) -> dict:
                     _say(f"step {step}: loss {last['loss']:.4f} train acc {last['accuracy']:.3f} lr {last['lr']:.2e}")
                 pending = []
             if step % tcfg.eval_every == 0 or step == total_steps:
-                report = evaluate(steps.eval_params(state))
+                kept = {"params": steps.eval_params(state)}
+                report = evaluate(kept["params"])
                 scores = {"accuracy": report["accuracy"], "f1_macro": report["f1_macro"]}
                 if "ema" in state:  # what the weights themselves score, to see what the average adds
                     scores["accuracy_without_ema"] = evaluate(state["params"])["accuracy"]
@@ -308,7 +311,6 @@ def train_classifier(config: ClassifyConfig) -> dict:
                 best = scores["accuracy"] if best is None else max(best, scores["accuracy"])
                 _say(f"step {step} dev: accuracy {scores['accuracy']:.4f}, macro-F1 {scores['f1_macro']:.4f} "
                      f"(best {best:.4f}); {time.time() - started:.0f}s")  # fmt: skip
-                kept = {"params": steps.eval_params(state)}
                 checkpoints.save(step, kept, {"step": step, "metrics": scores}, metrics=scores)
     finally:
         progress.close()

@@ -182,8 +182,7 @@ def _tiny_steps(tiny_bert, **train):
     tcfg = ClassifyTrainConfig(**{"learning_rate": 1e-3, "warmup_ratio": 0.0, **train})
     model_config = bert.bert_model_config(tiny_bert)
     model = build_model(model_config, 2, ClassifyConfig(pretrained=tiny_bert))
-    scales = layer_lr_scales(nnx_params(model), tcfg.layer_lr_decay, 2) if tcfg.layer_lr_decay < 1 else None
-    tx, schedule = make_optimizer(tcfg, 10, scales)
+    tx, schedule = make_optimizer(tcfg, 10, layer_lr_scales(nnx_params(model), tcfg.layer_lr_decay, 2))
     rng = np.random.default_rng(0)
     batch = {"ids": rng.integers(1000, 2000, (4, 8)).astype(np.int32), "labels": np.array([0, 1, 1, 0], np.int32),
              "weights": np.ones(4, np.float32)}  # fmt: skip
