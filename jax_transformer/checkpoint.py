@@ -111,15 +111,21 @@ def _plain(tree):
     return tree
 
 
+def mean_params(param_trees):
+    """The element-wise mean of parameter trees of one structure (fp64 accumulation, fp32 result), as nested dicts."""
+    total, count = None, 0
+    for params in param_trees:
+        params = jax.tree.map(lambda x: np.asarray(x, np.float64), params)
+        total = params if total is None else jax.tree.map(np.add, total, params)
+        count += 1
+    if total is None:
+        raise UserError("no checkpoints to average")
+    return jax.tree.map(lambda x: (x / count).astype(np.float32), total)
+
+
 def average_params(checkpointer: Checkpointer, steps: list[int]):
-    """The element-wise mean of the parameters of checkpoints `steps` (fp32 accumulation), as nested dicts.
+    """The element-wise mean of the parameters of checkpoints `steps`, as nested dicts.
 
     Averaging the last few checkpoints smooths the noise of the final updates (§6.1: the last 5 for base models, 20
     for big; the Multi30k literature averages the last 10)."""
-    if not steps:
-        raise UserError("no checkpoints to average")
-    total = None
-    for step in steps:
-        params = jax.tree.map(lambda x: np.asarray(x, np.float64), checkpointer.restore_arrays(step)["params"])
-        total = params if total is None else jax.tree.map(np.add, total, params)
-    return jax.tree.map(lambda x: (x / len(steps)).astype(np.float32), total)
+    return mean_params(checkpointer.restore_arrays(step)["params"] for step in steps)

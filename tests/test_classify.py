@@ -273,3 +273,46 @@ def test_rdrop_adds_alpha_times_a_positive_symmetric_kl(tiny_bert):
     kl = losses[1] - losses[0]
     assert kl > 1e-6  # the two dropout masks differ, so do the two predictions
     assert abs((losses[2] - losses[1]) - kl) < 1e-5 * max(1.0, abs(losses[0]))
+
+
+def test_a_soup_is_the_mean_of_the_runs_weights_and_reads_like_a_run(trained_run, tiny_bert, sst2_small, tmp_path,
+                                                                     capsys):  # fmt: skip
+    from jax_transformer import soup
+    from jax_transformer.checkpoint import Checkpointer
+    from jax_transformer.classify import Classifier, best_checkpoint_step, train_classifier
+
+    other = str(tmp_path / "seed1")
+    config = small_config(tiny_bert, sst2_small, other, eval_every=1)
+    config.seed = 1
+    train_classifier(config)
+    runs, out = [trained_run[0], other], str(tmp_path / "soup")
+    assert soup.main([*runs, "--out", out]) == 0
+    printed = capsys.readouterr().out
+    assert "soup: dev accuracy" in printed and "ensemble of the 2 runs" in printed
+
+    def best_params(run):
+        checkpoints = Checkpointer(os.path.join(run, "checkpoints"), keep=1, read_only=True)
+        return checkpoints.restore_arrays(best_checkpoint_step(checkpoints))["params"]
+
+    a, b = (best_params(run) for run in runs)
+    souped = Classifier.load(out)
+    names = ("encoder", "layers", 0, "self_attn", "out", "kernel")
+    assert not np.allclose(_leaf(a, *names), _leaf(b, *names))  # two different runs went in
+    for leaf in (("classifier", "kernel"), names):
+        np.testing.assert_allclose(_leaf(souped.steps.params, *leaf),
+                                   (_leaf(a, *leaf) + _leaf(b, *leaf)) / 2, rtol=1e-6, atol=1e-7)  # fmt: skip
+    report = json.load(open(os.path.join(out, "eval.json")))
+    dev, _ = cdata.load_dataset(os.path.join(sst2_small, "dev.tsv"), souped.config.data, souped.labels,
+                                souped.tokenizer)  # fmt: skip
+    assert souped.evaluate(dev)["accuracy"] == report["accuracy"]
+
+    assert soup.main([*runs, "--out", out]) == 1  # the soup is not overwritten
+    assert "already holds a model" in capsys.readouterr().err
+    odd = str(tmp_path / "odd")
+    shutil.copytree(other, odd)
+    with open(os.path.join(odd, "labels.json"), "w") as f:
+        json.dump({"labels": ["a", "b"], "names": ["a", "b"]}, f)
+    assert soup.main([trained_run[0], odd, "--out", str(tmp_path / "soup2")]) == 1
+    assert "differ in labels.json" in capsys.readouterr().err
+    assert soup.main([trained_run[0], "--out", str(tmp_path / "soup3")]) == 1
+    assert "at least 2 runs" in capsys.readouterr().err
