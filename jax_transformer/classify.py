@@ -74,15 +74,18 @@ def make_optimizer(
     return optax.chain(*chain), schedule
 
 
-def layer_lr_scales(params, decay: float, num_layers: int):
+def layer_lr_scales(params, decay: float, num_layers: int, freeze_token_embeddings: bool = False):
     """Learning-rate multipliers by depth: the head (and anything above the encoder layers) 1, encoder layer i of
-    `num_layers` (0 = lowest) decay^(num_layers - i), the embeddings (and their LayerNorm) decay^(num_layers + 1).
-    None when `decay` is 1 (every parameter at the full rate)."""
-    if decay >= 1:
+    `num_layers` (0 = lowest) decay^(num_layers - i), the embeddings (and their LayerNorm) decay^(num_layers + 1);
+    with `freeze_token_embeddings` the token (word) embedding table 0. None when every parameter learns at the full
+    rate."""
+    if decay >= 1 and not freeze_token_embeddings:
         return None
 
     def scale(path, _):
         names = path_name(path).split("/")
+        if freeze_token_embeddings and names[0] == "token_embedding":
+            return 0.0
         if names[:2] == ["encoder", "layers"]:
             depth = int(names[2]) + 1
         elif "embedding" in names[0] or (names[0] == "encoder" and "embedding" in names[1]):
@@ -255,7 +258,8 @@ def train_classifier(config: ClassifyConfig) -> dict:
         f"{len(valid_set.ids):,} dev; labels {labels}; {stats['batches']:,} batches/epoch in {stats['shapes']} shapes, "
         f"{stats['real_tokens']:.1%} real tokens"
     )
-    lr_scales = layer_lr_scales(nnx.state(model, nnx.Param), tcfg.layer_lr_decay, model_config.num_encoder_layers)
+    lr_scales = layer_lr_scales(nnx.state(model, nnx.Param), tcfg.layer_lr_decay, model_config.num_encoder_layers,
+                                tcfg.freeze_token_embeddings)
     tx, schedule = make_optimizer(tcfg, total_steps, lr_scales)
     steps = ClassifierSteps(model, tx, schedule, config.seed, tcfg.ema_decay, tcfg.rdrop_alpha)
     state = steps.init_state()
@@ -263,7 +267,8 @@ def train_classifier(config: ClassifyConfig) -> dict:
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state["params"]))
     _say(f"model: {config.pretrained} + {config.pooling}-pooled head, {num_params:,} parameters, {dtype}; "
          f"{total_steps:,} updates of {tcfg.batch_size}"
-         + (f", layer-wise lr decay {tcfg.layer_lr_decay}" if lr_scales is not None else "")
+         + (f", layer-wise lr decay {tcfg.layer_lr_decay}" if tcfg.layer_lr_decay < 1 else "")
+         + (", token embeddings frozen" if tcfg.freeze_token_embeddings else "")
          + (f", evaluating a weight average (EMA {tcfg.ema_decay})" if tcfg.ema_decay else "")
          + (f", R-Drop alpha {tcfg.rdrop_alpha}" if tcfg.rdrop_alpha else "")
          + f"; run directory {run_dir}")  # fmt: skip

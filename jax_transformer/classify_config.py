@@ -89,6 +89,10 @@ class ClassifyTrainConfig:
     # layer-wise learning-rate decay (ELECTRA, Clark et al. 2020): the head learns at learning_rate, the top encoder
     # layer at learning_rate * d, the one below at * d^2, ..., the embeddings at * d^(layers + 1); 1.0 = off
     layer_lr_decay: float = 1.0
+    # True: the token (word-piece) embedding table keeps its pretrained values. Fine-tuning moves only the rows of
+    # words seen in training, away from the rows of words met only at test time; positions, token types and the
+    # embedding LayerNorm still learn
+    freeze_token_embeddings: bool = False
     # > 0: also keep an exponential moving average of the weights (decay per update, e.g. 0.999 ~ the last 1,000
     # updates); dev evaluation and checkpoints then use the averaged weights. 0 = off
     ema_decay: float = 0.0

@@ -182,7 +182,8 @@ def _tiny_steps(tiny_bert, **train):
     tcfg = ClassifyTrainConfig(**{"learning_rate": 1e-3, "warmup_ratio": 0.0, **train})
     model_config = bert.bert_model_config(tiny_bert)
     model = build_model(model_config, 2, ClassifyConfig(pretrained=tiny_bert))
-    tx, schedule = make_optimizer(tcfg, 10, layer_lr_scales(nnx_params(model), tcfg.layer_lr_decay, 2))
+    tx, schedule = make_optimizer(tcfg, 10, layer_lr_scales(nnx_params(model), tcfg.layer_lr_decay, 2,
+                                                               tcfg.freeze_token_embeddings))
     rng = np.random.default_rng(0)
     batch = {"ids": rng.integers(1000, 2000, (4, 8)).astype(np.int32), "labels": np.array([0, 1, 1, 0], np.int32),
              "weights": np.ones(4, np.float32)}  # fmt: skip
@@ -225,6 +226,22 @@ def test_layer_lr_decay_scales_each_layers_update_by_depth(tiny_bert, decay):
             _leaf(moved["decayed"], *names), factor * _leaf(moved["plain"], *names), rtol=1e-3, atol=2e-7
         )
     assert np.abs(_leaf(moved["plain"], "encoder", "layers", 0, "self_attn", "key", "kernel")).max() > 0
+
+
+def test_frozen_token_embeddings_keep_their_pretrained_values(tiny_bert):
+    import jax
+
+    steps, batch = _tiny_steps(tiny_bert, freeze_token_embeddings=True)
+    before = jax.tree.map(np.array, steps.params)
+    state = steps.init_state()
+    for _ in range(2):  # the schedule's first learning rate is 0 (warmup from 0)
+        state, _ = steps.train_step(state, batch)
+    np.testing.assert_array_equal(_leaf(state["params"], "token_embedding", "embedding"),
+                                  _leaf(before, "token_embedding", "embedding"))  # fmt: skip
+    for names in (("encoder", "position_embedding", "embedding"),
+                  ("encoder", "layers", 0, "self_attn", "key", "kernel"),
+                  ("classifier", "kernel")):  # fmt: skip
+        assert np.abs(_leaf(state["params"], *names) - _leaf(before, *names)).max() > 0, names
 
 
 def test_ema_follows_the_weights_with_a_warming_decay(tiny_bert):
