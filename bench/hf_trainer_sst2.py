@@ -3,9 +3,10 @@
     python bench/hf_trainer_sst2.py                       # the settings of configs/sst2_minilm.py
     python bench/hf_trainer_sst2.py --max-train-examples 8000   # a quicker (and weaker) run on the first rows
 
-Reads the data, labels, epochs, batch size, learning rate, warmup, weight decay, clipping and max_len from the recipe
-(`--config`), fine-tunes `AutoModelForSequenceClassification` (BERT's own [CLS]-pooler head) with `Trainer`, then
-prints its dev accuracy and wall time next to this project's run (`RUN_DIR/eval.json`, if it has been trained).
+Reads the data, labels, epochs, batch size, learning rate, warmup, weight decay, clipping, max_len and whether the token
+embeddings stay frozen from the recipe (`--config`), fine-tunes `AutoModelForSequenceClassification` (BERT's own
+[CLS]-pooler head) with `Trainer`, then prints its dev accuracy and wall time next to this project's run
+(`RUN_DIR/eval.json`, if it has been trained).
 A benchmark: it prints figures, nothing asserts them.
 """
 
@@ -66,6 +67,8 @@ def main() -> None:
     train_set, valid_set = dataset(train_path, limit), dataset(valid_path, cfg.max_valid_examples)
     total_steps = tcfg.steps or tcfg.epochs * -(-len(train_set) // tcfg.batch_size)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=len(labels))
+    if tcfg.freeze_token_embeddings:  # Trainer's AdamW only takes parameters that require gradients
+        model.base_model.embeddings.word_embeddings.weight.requires_grad_(False)
     training_args = TrainingArguments(
         output_dir=args.out, num_train_epochs=tcfg.epochs, max_steps=tcfg.steps or -1,
         per_device_train_batch_size=tcfg.batch_size, per_device_eval_batch_size=64,
@@ -92,7 +95,8 @@ def main() -> None:
             ours = json.load(f)
     subset = f" (first {len(train_set):,} training rows)" if limit else ""
     print(f"\nSST-2 dev, {config.pretrained}, {tcfg.epochs} epoch(s), batch {tcfg.batch_size}, "
-          f"lr {tcfg.learning_rate}, HF sampling {args.sampling}, torch threads {torch.get_num_threads()}")  # fmt: skip
+          f"lr {tcfg.learning_rate}, token embeddings {'frozen' if tcfg.freeze_token_embeddings else 'trained'}, "
+          f"HF sampling {args.sampling}, torch threads {torch.get_num_threads()}")  # fmt: skip
     print("| run | train examples | dev accuracy | training wall time |")
     print("|---|---|---|---|")
     print(f"| HF Trainer (PyTorch, CPU){subset} | {len(train_set):,} | {accuracy:.4f} | {train_seconds:.0f} s |")
@@ -102,6 +106,7 @@ def main() -> None:
         print(f"| this project (JAX, {run_dir}) | {examples} | {ours['accuracy']:.4f} | {seconds:.0f} s |")
     result = {"hf_trainer": {"accuracy": accuracy, "wall_seconds": round(train_seconds, 1),
                              "train_examples": len(train_set), "sampling": args.sampling,
+                             "freeze_token_embeddings": tcfg.freeze_token_embeddings,
                              "steps": int(trainer.state.global_step)}, "ours": ours}  # fmt: skip
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "result.json"), "w", encoding="utf-8") as f:
