@@ -68,7 +68,7 @@ def main() -> None:
     total_steps = tcfg.steps or tcfg.epochs * -(-len(train_set) // tcfg.batch_size)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=len(labels))
     if tcfg.freeze_token_embeddings:  # Trainer's AdamW only takes parameters that require gradients
-        model.base_model.embeddings.word_embeddings.weight.requires_grad_(False)
+        model.get_input_embeddings().weight.requires_grad_(False)
     training_args = TrainingArguments(
         output_dir=args.out, num_train_epochs=tcfg.epochs, max_steps=tcfg.steps or -1,
         per_device_train_batch_size=tcfg.batch_size, per_device_eval_batch_size=64,
