@@ -1,8 +1,8 @@
 """Helpers shared by the bench/ scripts: machine description, step timing, matmul peaks and markdown tables.
 
 Imported as `common` by scripts run as `python bench/SCRIPT.py` (the script's folder is first on sys.path).
-Importing it also puts the repository root on sys.path, so that `jax_transformer` and `torch_ref` import without an
-installed package: scripts import `common` before them. Nothing here imports JAX or torch at module level.
+`jax_transformer` and `torch_ref` come from the installed package (`make setup` installs it in editable mode).
+Nothing here imports JAX or torch at module level.
 """
 
 import datetime
@@ -10,16 +10,13 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(1, REPO_ROOT)  # after the script's own folder
 
-from jax_transformer.host_memory import describe as malloc_line  # noqa: E402
-from jax_transformer.host_memory import keep_freed_memory  # noqa: E402
+from jax_transformer.train.host_memory import describe as malloc_line  # noqa: E402
+from jax_transformer.train.host_memory import keep_freed_memory  # noqa: E402
 
 keep_freed_memory(default=True)  # for every framework in the process alike (torch's CPU allocator uses malloc too)
 

@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jax_transformer.decode import CACHE_BLOCK, beam_search, output_limits
-from jax_transformer.inference import load_translator
+from jax_transformer.decode.search import CACHE_BLOCK, beam_search, output_limits
+from jax_transformer.decode.translator import load_translator
 from jax_transformer.metrics import bleu
 
 
@@ -102,7 +102,7 @@ def main():
         import torch
         from transformers import AutoModelForSeq2SeqLM
 
-        from jax_transformer.hf_export import save_hf
+        from jax_transformer.interop.hf_export import save_hf
 
         out = os.path.join(tempfile.mkdtemp(), "hf")
         save_hf(model, config, tok, out)

@@ -92,11 +92,11 @@ def main(argv=None) -> int:
     from flax import nnx
     from torch.nn import functional as F
 
-    from jax_transformer import data as data_lib
     from jax_transformer.config import load_config_file
-    from jax_transformer.model import Transformer
-    from jax_transformer.train_lib import Steps, sum_metrics
-    from jax_transformer.trainer import resolve_config
+    from jax_transformer.data import pipeline as data_lib
+    from jax_transformer.model.transformer import Transformer
+    from jax_transformer.train.loop import resolve_config
+    from jax_transformer.train.steps import Steps, sum_metrics
 
     torch.manual_seed(0)
     torch.set_num_threads(common.available_cores())

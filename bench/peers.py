@@ -90,7 +90,7 @@ def build_marian(model_config):
     """MarianMTModel (random init) of the same shape; returns (model, forward(src, tgt_in) -> logits)."""
     from transformers import MarianConfig, MarianMTModel
 
-    from jax_transformer.tokenizer import BOS_ID, EOS_ID
+    from jax_transformer.data.tokenizer import BOS_ID, EOS_ID
 
     m = model_config
     config = MarianConfig(
@@ -198,9 +198,9 @@ def main(argv=None) -> int:
     import transformers
     from flax import nnx
 
-    from jax_transformer.convert import to_state_dict
-    from jax_transformer.model import Transformer
-    from jax_transformer.train_lib import learning_rate_schedule
+    from jax_transformer.interop.torch_convert import to_state_dict
+    from jax_transformer.model.transformer import Transformer
+    from jax_transformer.train.steps import learning_rate_schedule
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

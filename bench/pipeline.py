@@ -7,7 +7,7 @@ of the step time the pipeline takes, and how many batch slots are real tokens.
 Two measurements on the recipe's own data, batching and model:
 1. the input pipeline alone: one epoch of `BatchIterator` batches (length buckets, shuffled, padded numpy arrays)
    plus the real-token count the training loop does per batch; milliseconds per batch;
-2. the real training loop, `jax_transformer.trainer.train` on a temporary run directory (no evaluation, one
+2. the real training loop, `jax_transformer.train.loop.train` on a temporary run directory (no evaluation, one
    checkpoint at the end): real (non-pad) source + target tokens/s and seconds per update from its metrics.jsonl,
    over the log windows after --skip-steps (the first epoch compiles each batch shape once).
 "pipeline share" = (1) / (2): the fraction of an update the host spends making its batch. The loop does not overlap
@@ -41,7 +41,7 @@ def pipeline_alone(data, pad_id: int) -> dict:
 
 def loop_windows(run_dir: str, log_every: int, skip_steps: int) -> dict:
     """Seconds per update and real tokens/s over the training log windows after `skip_steps`."""
-    from jax_transformer.run_log import read_metrics
+    from jax_transformer.train.run_log import read_metrics
 
     train = [r for r in read_metrics(run_dir) if r.get("kind") == "train"]
     windows = [(b["time"] - a["time"]) / log_every for a, b in itertools.pairwise(train) if a["step"] >= skip_steps]
@@ -63,7 +63,7 @@ def main() -> int:
     from jax_transformer.cli import run_cli
 
     def run():
-        from jax_transformer.trainer import TranslationData, resolve_config, train
+        from jax_transformer.train.loop import TranslationData, resolve_config, train
 
         if args.steps <= args.skip_steps + 2 * args.log_every:
             raise UserError("--steps must exceed --skip-steps by at least two log windows (--log-every)")

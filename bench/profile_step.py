@@ -69,8 +69,8 @@ def profile(config, batch, steps: int) -> tuple[dict[str, float], float]:
     import jax
     from flax import nnx
 
-    from jax_transformer.model import Transformer
-    from jax_transformer.train_lib import Steps
+    from jax_transformer.model.transformer import Transformer
+    from jax_transformer.train.steps import Steps
 
     model = Transformer(config.model, rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1))
     trainer = Steps(config, model)

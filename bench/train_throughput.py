@@ -7,7 +7,7 @@
 For each selected model the JAX measurement runs first, then torch, one after the other in this process. Both train
 on one fixed, seeded batch (`--rows` sentences padded to `--src-len` / `--tgt-len`, real lengths uniform in
 [40%, 100%] of the padded length) starting from the same weights (JAX init, copied into torch with
-`jax_transformer.convert`). One training step is the full update on both sides:
+`jax_transformer.interop.torch_convert`). One training step is the full update on both sides:
 
 - JAX: `Steps(config, model).train_step` of the trainer (forward, label-smoothed loss, backward, global-norm clip if
   configured, optax Adam/AdamW, the non-finite guard), jitted, timed to `block_until_ready` of its outputs.
@@ -34,7 +34,7 @@ import common  # first: puts the repository root on sys.path
 import numpy as np
 
 from jax_transformer.config import PRESETS, Config, ModelConfig, UserError, load_config_file
-from jax_transformer.tokenizer import BOS_ID, EOS_ID
+from jax_transformer.data.tokenizer import BOS_ID, EOS_ID
 
 # ---------------------------------------------------------------------------------------------------------------------
 # The workload: batch, models, FLOPs
@@ -45,7 +45,7 @@ def make_batch(rows: int, src_len: int, tgt_len: int, vocab: int, seed: int, min
     """A trainer-shaped batch with realistic padding: src (rows, S), tgt_in = BOS + y, tgt_out = y + EOS (rows, T).
 
     Each row's real length is uniform in [ceil(min_fraction * len), len]; token ids are uniform over the
-    non-special ids [4, vocab); padding is 0, as in `jax_transformer.data`."""
+    non-special ids [4, vocab); padding is 0, as in `jax_transformer.data.pipeline`."""
     rng = np.random.default_rng(seed)
     src = np.zeros((rows, src_len), np.int32)
     tgt_in = np.zeros((rows, tgt_len), np.int32)
@@ -118,8 +118,8 @@ def bench_jax(config: Config, model, batch: dict, steps: int, warmup: int) -> di
     import jax
     from flax import nnx
 
-    from jax_transformer.model import count_parameters
-    from jax_transformer.train_lib import Steps
+    from jax_transformer.model.transformer import count_parameters
+    from jax_transformer.train.steps import Steps
 
     trainer = Steps(config, model)
     holder = {"state": trainer.init_state(nnx.state(model, nnx.Param))}
@@ -242,8 +242,8 @@ def main(argv=None) -> int:
     import torch
     from flax import nnx
 
-    from jax_transformer.convert import to_state_dict
-    from jax_transformer.model import Transformer
+    from jax_transformer.interop.torch_convert import to_state_dict
+    from jax_transformer.model.transformer import Transformer
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -297,7 +297,7 @@ def main(argv=None) -> int:
         if "torch" in args.frameworks:
             print(f"  measuring torch {label} ...", file=sys.stderr, flush=True)
             if lr is None:
-                from jax_transformer.train_lib import learning_rate_schedule
+                from jax_transformer.train.steps import learning_rate_schedule
 
                 lr = float(learning_rate_schedule(run_config.train, model_config.d_model)(0))
             results["torch"] = bench_torch(run_config, state_dict, batch, args.steps, args.warmup, lr)

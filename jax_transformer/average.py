@@ -1,52 +1,6 @@
-"""Average the parameters of a run's last N checkpoints into a model directory.
+"""`python -m jax_transformer.average`: the command lives in jax_transformer/cli/average.py."""
 
-  python -m jax_transformer.average runs/multi30k_en_de --last 10 --out runs/multi30k_en_de/avg10
-
-The output (config.json, model.safetensors, spm.model) is read by translate, evaluate and export like a run.
-"""
-
-import argparse
-import os
-import sys
-
-from .cli import run_cli
-
-
-def average_run(run_dir: str, last: int, out_dir: str) -> list[int]:
-    """Average the last `last` checkpoints of `run_dir` into `out_dir`; returns the steps averaged."""
-    from flax import nnx
-
-    from .checkpoint import Checkpointer, average_params
-    from .config import UserError
-    from .inference import load_translator, save_model_dir
-
-    if last < 1:
-        raise UserError(f"--last must be at least 1, got {last}")
-    translator = load_translator(run_dir)
-    checkpoints = Checkpointer(os.path.join(run_dir, "checkpoints"), read_only=True)
-    steps = sorted(checkpoints.all_steps())[-last:]
-    if len(steps) < last:
-        print(f"note: {run_dir} keeps {len(steps)} checkpoints; averaging those ({steps})", file=sys.stderr)
-    averaged = average_params(checkpoints, steps)
-    nnx.replace_by_pure_dict(translator.params, averaged)
-    save_model_dir(translator, out_dir, metadata={"averaged_steps": steps, "source_run": run_dir})
-    return steps
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 2)[2],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("run", help="the run directory (runs/NAME)")
-    parser.add_argument("--last", type=int, default=10, help="how many of the latest checkpoints (default 10)")
-    parser.add_argument("--out", required=True, help="output model directory (must not hold a model yet)")
-    args = parser.parse_args(argv)
-
-    def run():
-        steps = average_run(args.run, args.last, args.out)
-        print(f"averaged steps {', '.join(map(str, steps))} into {args.out}")
-
-    return run_cli(run)
-
+from jax_transformer.cli.average import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -57,7 +57,7 @@ def rouge(hypotheses: list[str], references: list[list[str]] | list[str], multi_
     alphanumerics, Porter-stemmed."""
     from rouge_score import rouge_scorer
 
-    from .config import UserError
+    from jax_transformer.config import UserError
 
     if multi_ref not in MULTI_REF:
         raise UserError(f"multi_ref={multi_ref!r} is not one of {', '.join(MULTI_REF)}")

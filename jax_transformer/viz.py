@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .cli import run_cli
+from jax_transformer.cli import run_cli
 
 ATTENTION_KINDS = ("encoder_self", "decoder_self", "cross")
 _ATTENTION_TITLES = {
@@ -66,7 +66,7 @@ def run_with_attention(model, src_ids, tgt_ids, check: bool = True) -> tuple[dic
     """
     from flax import nnx
 
-    from .model import causal_mask, padding_mask
+    from jax_transformer.model.transformer import causal_mask, padding_mask
 
     src, tgt = _one_row(src_ids, "src_ids"), _one_row(tgt_ids, "tgt_ids")
     model = nnx.clone(model)
@@ -228,7 +228,7 @@ def plot_attention(
 def plot_positional_encoding(length: int, d_model: int, layout: str = "interleaved", path: str = "") -> np.ndarray:
     """§3.5: the sinusoidal encoding matrix (length, d_model) as a heatmap (position x feature), beside a few of its
     features as curves over the positions. Returns the plotted matrix (= model.sinusoidal_positions)."""
-    from .model import sinusoidal_positions
+    from jax_transformer.model.transformer import sinusoidal_positions
 
     if length <= 0 or d_model <= 0:
         raise ValueError(f"length and d_model must be positive, got {length} and {d_model}")
@@ -266,7 +266,7 @@ def plot_lr_schedule(config, path: str, points: int = 2000) -> tuple[np.ndarray,
     and those around the end of the warmup (where the rate peaks)."""
     import jax.numpy as jnp
 
-    from .train_lib import learning_rate_schedule
+    from jax_transformer.train.steps import learning_rate_schedule
 
     train = config.train
     schedule = learning_rate_schedule(train, config.model.d_model)
@@ -330,8 +330,8 @@ def training_series(records: list[dict]) -> dict[str, np.ndarray]:
 def plot_training_curves(run_dir: str, path: str) -> dict[str, np.ndarray]:
     """Loss (train and validation) and validation BLEU against the step and against wall-clock minutes, and the
     learning rate against the step, from `run_dir`/metrics.jsonl. Returns the plotted series (`training_series`)."""
-    from .config import UserError
-    from .run_log import read_metrics
+    from jax_transformer.config import UserError
+    from jax_transformer.train.run_log import read_metrics
 
     series = training_series(read_metrics(run_dir))
     if not len(series["train_step"]) and not len(series["valid_step"]):
@@ -415,8 +415,8 @@ def plot_confusion_matrix(matrix, labels: Sequence[str], path: str, title: str =
 def _attention_command(args) -> None:
     from flax import nnx
 
-    from .config import UserError
-    from .inference import load_translator
+    from jax_transformer.config import UserError
+    from jax_transformer.decode.translator import load_translator
 
     if not args.src.strip():
         raise UserError("--src is empty; fix: pass a sentence, e.g. --src 'A dog runs.'")
@@ -448,7 +448,7 @@ def _attention_command(args) -> None:
 
 
 def _positions_command(args) -> None:
-    from .config import UserError
+    from jax_transformer.config import UserError
 
     if args.d_model <= 0 or args.length <= 0:
         raise UserError(f"--d-model and --length must be positive, got {args.d_model} and {args.length}")
@@ -457,7 +457,7 @@ def _positions_command(args) -> None:
 
 
 def _schedule_command(args) -> None:
-    from .config import load_config_file
+    from jax_transformer.config import load_config_file
 
     config = load_config_file(args.config, args.overrides)
     steps, lrs = plot_lr_schedule(config, args.out)
@@ -466,7 +466,7 @@ def _schedule_command(args) -> None:
 
 
 def _curves_command(args) -> None:
-    from .config import UserError
+    from jax_transformer.config import UserError
 
     if not os.path.isdir(args.run_dir):
         raise UserError(f"{args.run_dir} is not a directory; fix: pass a run directory, e.g. runs/NAME")

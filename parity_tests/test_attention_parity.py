@@ -21,8 +21,8 @@ import torch
 from flax import nnx
 from torch.nn import functional as F
 
-from jax_transformer import convert
-from jax_transformer import model as jm
+from jax_transformer.interop import torch_convert as convert
+from jax_transformer.model import transformer as jm
 from torch_ref import model as tm
 
 ATOL = 1e-5  # fp32 on CPU: every path computes the same sums in a different order, so differences are ~1e-7

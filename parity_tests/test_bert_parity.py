@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from jax_transformer import bert
+from jax_transformer.interop import bert
 
 transformers = pytest.importorskip("transformers")
 TOL = 1e-4
@@ -44,7 +44,7 @@ def test_hf_bert_config_maps_to_model_config(setup):
 def test_jax_encoder_matches_hf_bert(setup):
     from flax import nnx
 
-    from jax_transformer.model import EncoderClassifier
+    from jax_transformer.model.transformer import EncoderClassifier
 
     model_dir, batch, expected = setup
     assert (batch["attention_mask"] == 0).any(), "the batch must contain padding"
@@ -73,7 +73,7 @@ def test_torch_ref_mirror_matches_hf_bert(setup):
 
 
 def test_unknown_bert_parameter_is_refused():
-    from jax_transformer.convert import ConversionError
+    from jax_transformer.interop.torch_convert import ConversionError
 
     with pytest.raises(ConversionError, match="no counterpart"):
         bert.hf_to_torch_ref_names({"encoder.layer.0.attention.self.rotary.weight": np.zeros(1)})

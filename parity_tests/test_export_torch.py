@@ -22,13 +22,13 @@ import pytest
 import torch
 from flax import nnx
 
-from jax_transformer import decode as jax_decode
-from jax_transformer import export as export_cli
+from jax_transformer.cli import export as export_cli
 from jax_transformer.config import Config, DataConfig, DecodeConfig, TrainConfig, model_preset
-from jax_transformer.inference import Translator, load_translator, save_model_dir
-from jax_transformer.model import Transformer
-from jax_transformer.tokenizer import Tokenizer, train_tokenizer
-from jax_transformer.train_lib import Steps
+from jax_transformer.data.tokenizer import Tokenizer, train_tokenizer
+from jax_transformer.decode import search as jax_decode
+from jax_transformer.decode.translator import Translator, load_translator, save_model_dir
+from jax_transformer.model.transformer import Transformer
+from jax_transformer.train.steps import Steps
 from torch_ref import decode as torch_decode
 from torch_ref import load_pretrained, translate
 from torch_ref.pretrained import search

@@ -21,30 +21,13 @@ The copy-task model is trained by (and shared with) test_export_torch.py. Run wi
 
 import json
 import os
-import sys
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 from flax import nnx
-from transformers import (
-    AutoModelForSeq2SeqLM,
-    AutoTokenizer,
-    MarianMTModel,
-    MarianTokenizer,
-    PegasusForConditionalGeneration,
-)
-
-from jax_transformer import export as export_cli
-from jax_transformer.config import UserError
-from jax_transformer.decode import beam_search, output_limits
-from jax_transformer.hf_export import check_exportable, save_hf
-from jax_transformer.inference import load_translator
-from jax_transformer.model import Transformer, sinusoidal_positions
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_export_torch import (  # noqa: E402  (the shared model builders)
+from test_export_torch import (  # (the shared model builders; pytest puts this folder on sys.path)
     BOS,
     EOS,
     MAX_EXTRA_LEN,
@@ -58,6 +41,20 @@ from test_export_torch import (  # noqa: E402  (the shared model builders)
     random_model_dir,
     toy_tokenizer,
 )
+from transformers import (
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    MarianMTModel,
+    MarianTokenizer,
+    PegasusForConditionalGeneration,
+)
+
+from jax_transformer.cli import export as export_cli
+from jax_transformer.config import UserError
+from jax_transformer.decode.search import beam_search, output_limits
+from jax_transformer.decode.translator import load_translator
+from jax_transformer.interop.hf_export import check_exportable, save_hf
+from jax_transformer.model.transformer import Transformer, sinusoidal_positions
 
 HF_LOGITS_ATOL = 1e-4
 HF_VARIANTS = {

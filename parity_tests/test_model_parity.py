@@ -1,4 +1,4 @@
-"""Full-model parity: the JAX Transformer vs the torch_ref mirror, with weights converted by `jax_transformer.convert`.
+"""Full-model parity: the JAX Transformer vs the torch_ref mirror, weights converted by `interop.torch_convert`.
 
 For every architecture variant (pre/post-norm, shared/unshared embeddings, tied/untied output, interleaved/
 concatenated sinusoids or learned positions, ReLU/GELU, head counts) and both directions of conversion (JAX init ->
@@ -23,9 +23,9 @@ import torch
 from flax import nnx
 from torch.nn import functional as F
 
-from jax_transformer import convert
-from jax_transformer import model as jm
 from jax_transformer.config import UserError, model_preset
+from jax_transformer.interop import torch_convert as convert
+from jax_transformer.model import transformer as jm
 from torch_ref import model as tm
 
 LOGITS_ATOL = 1e-5

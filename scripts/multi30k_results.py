@@ -20,8 +20,6 @@ import platform
 import shutil
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 
 def cpu_name() -> str:
     try:
@@ -37,7 +35,7 @@ def cpu_name() -> str:
 def score_split(translator, split: str, data_dir: str, decode) -> dict:
     """Scores of `split` decoded with the recipe's beam size and alpha (`decode`), whatever the checkpoint's saved
     config says (a run trained before the recipe's decoding was tuned keeps its old values)."""
-    from jax_transformer.evaluate import _split_texts, score
+    from jax_transformer.cli.evaluate import _split_texts, score
 
     sources, references = _split_texts(translator.config.data, split, data_dir)
     hypotheses = translator.translate(sources, beam_size=decode.beam_size, alpha=decode.alpha, progress=False)
@@ -46,7 +44,7 @@ def score_split(translator, split: str, data_dir: str, decode) -> dict:
 
 def minutes_at_steps(run_dir: str) -> dict[int, float]:
     """Cumulative wall-clock minutes of each validated step (over restarts), from metrics.jsonl."""
-    from jax_transformer.run_log import read_metrics
+    from jax_transformer.train.run_log import read_metrics
     from jax_transformer.viz import training_series
 
     series = training_series(read_metrics(run_dir))
@@ -55,7 +53,7 @@ def minutes_at_steps(run_dir: str) -> dict[int, float]:
 
 def first_validation_at(run_dir: str, key: str, target: float) -> tuple[int, float] | None:
     """(step, minutes) of the first validation whose `key` reached `target`, else None."""
-    from jax_transformer.run_log import read_metrics
+    from jax_transformer.train.run_log import read_metrics
 
     minutes = minutes_at_steps(run_dir)
     for record in read_metrics(run_dir):
@@ -80,16 +78,16 @@ def main(argv=None) -> int:
     from jax_transformer.cli import run_cli
 
     def run():
-        from jax_transformer.average import average_run
+        from jax_transformer.cli.average import average_run
         from jax_transformer.config import load_config_file
-        from jax_transformer.inference import load_translator
-        from jax_transformer.run_log import read_metrics
+        from jax_transformer.decode.translator import load_translator
+        from jax_transformer.train.run_log import read_metrics
         from jax_transformer.viz import plot_training_curves
 
         config = load_config_file(args.config, args.overrides)
         run_dir = config.directory
         if not args.skip_train:
-            from jax_transformer.trainer import train
+            from jax_transformer.train.loop import train
 
             train(config)
         records = read_metrics(run_dir)

@@ -7,18 +7,15 @@
 The model is a run directory (its latest checkpoint) or a model directory (e.g. the average that
 scripts/multi30k_results.py writes to RUN/avgN). Each pair decodes the whole split with the model's other decode
 settings (min_len, no_repeat_ngram_size); scores follow the model's decode.metric: for 'bleu' the cased, detokenized
-output's cased sacreBLEU, lowercased Moses-tokenized BLEU and chrF (`jax_transformer.evaluate.score`), chosen by
+output's cased sacreBLEU, lowercased Moses-tokenized BLEU and chrF (`jax_transformer.cli.evaluate.score`), chosen by
 lc-tok BLEU; for 'rouge' ROUGE-1/2/L F1 (`evaluate.score_rouge`, max over references), chosen by ROUGE-1.
 Tune on val only: the test split is for the final figure. Writes the table as JSON with --json-out.
 """
 
 import argparse
 import json
-import os
 import sys
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main(argv=None) -> int:
@@ -34,9 +31,9 @@ def main(argv=None) -> int:
     from jax_transformer.cli import run_cli
 
     def run():
+        from jax_transformer.cli.evaluate import _split_texts, score, score_rouge
         from jax_transformer.config import UserError
-        from jax_transformer.evaluate import _split_texts, score, score_rouge
-        from jax_transformer.inference import load_translator
+        from jax_transformer.decode.translator import load_translator
 
         if any(b < 1 for b in args.beams) or any(a < 0 for a in args.alphas):
             raise UserError("--beams must be >= 1 and --alphas >= 0")

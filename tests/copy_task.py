@@ -5,8 +5,8 @@ import numpy as np
 from flax import nnx
 
 from jax_transformer.config import Config, TrainConfig, model_preset
-from jax_transformer.model import Transformer
-from jax_transformer.train_lib import Steps
+from jax_transformer.model.transformer import Transformer
+from jax_transformer.train.steps import Steps
 
 BOS, EOS = 2, 3
 

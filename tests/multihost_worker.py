@@ -14,7 +14,6 @@ import sys
 if __name__ == "__main__":  # (the test imports run_config from here: then JAX is already set up)
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={8 if sys.argv[1] == 'devices' else 4}"
     os.environ["JAX_PLATFORMS"] = "cpu"
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import dataclasses  # noqa: E402
 import json  # noqa: E402
@@ -24,11 +23,11 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from jax_transformer import sharding  # noqa: E402
-from jax_transformer.checkpoint import Checkpointer  # noqa: E402
 from jax_transformer.config import Config, DataConfig, MeshConfig, TrainConfig, model_preset  # noqa: E402
-from jax_transformer.model import Transformer  # noqa: E402
-from jax_transformer.train_lib import Steps  # noqa: E402
+from jax_transformer.model.transformer import Transformer  # noqa: E402
+from jax_transformer.train import sharding  # noqa: E402
+from jax_transformer.train.checkpoint import Checkpointer  # noqa: E402
+from jax_transformer.train.steps import Steps  # noqa: E402
 
 VOCAB, ROWS, STEPS = 32, 13, 3  # 13 rows: 8 data shards need 3 all-padding rows (sharding.pad_rows)
 # Adam's epsilon: the attention key biases have an exactly zero true gradient (softmax ignores a shift shared by all
@@ -182,7 +181,7 @@ def run_config(out: str, corpus: str, mesh: MeshConfig, steps: int = 4, eval_eve
 def hosts_mode(out: str, port: str, pid: int, corpus: str) -> None:
     """One of two processes with 4 devices each: a whole training run over both (data, tokenizer, logs and
     checkpoints shared through `out`), 4x2 FSDP + tensor parallel with 'data' across the processes."""
-    from jax_transformer.trainer import train
+    from jax_transformer.train.loop import train
 
     mesh_cfg = dataclasses.replace(BOTH, coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=pid)
     result = train(run_config(out, corpus, mesh_cfg))  # calls jax.distributed.initialize

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from jax_transformer.checkpoint import Checkpointer
+from jax_transformer.train.checkpoint import Checkpointer
 
 
 @pytest.mark.parametrize("metric, values, best", [("bleu", [5.0, 9.0, 7.0, 6.0], 2), ("loss", [3.0, 2.0, 1.5, 1.8], 3),

@@ -8,16 +8,16 @@ import shutil
 import numpy as np
 import pytest
 
-from jax_transformer import bert
-from jax_transformer import classify_data as cdata
-from jax_transformer.classify_config import (
+from jax_transformer.config import Config, ConfigError, UserError
+from jax_transformer.data import classification as cdata
+from jax_transformer.interop import bert
+from jax_transformer.tasks.classification_config import (
     ClassifyConfig,
     ClassifyDataConfig,
     ClassifyTrainConfig,
     apply_overrides,
     load_any_config,
 )
-from jax_transformer.config import Config, ConfigError, UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -61,7 +61,7 @@ def small_config(model_dir, data_dir, run_dir, **train) -> ClassifyConfig:
 
 @pytest.fixture(scope="module")
 def trained_run(tiny_bert, sst2_small, tmp_path_factory):
-    from jax_transformer.classify import train_classifier
+    from jax_transformer.tasks.classification import train_classifier
 
     run_dir = str(tmp_path_factory.mktemp("runs") / "clf")
     report = train_classifier(small_config(tiny_bert, sst2_small, run_dir, eval_every=1))
@@ -136,7 +136,7 @@ def test_two_step_run_writes_the_run_directory(trained_run):
 
 
 def test_save_load_round_trip_reproduces_the_report(trained_run, sst2_small):
-    from jax_transformer.classify import Classifier
+    from jax_transformer.tasks.classification import Classifier
 
     run_dir, report = trained_run
     classifier = Classifier.load(run_dir)
@@ -149,7 +149,7 @@ def test_save_load_round_trip_reproduces_the_report(trained_run, sst2_small):
 
 
 def test_a_trained_run_refuses_to_be_overwritten(trained_run, tiny_bert, sst2_small):
-    from jax_transformer.classify import train_classifier
+    from jax_transformer.tasks.classification import train_classifier
 
     with pytest.raises(UserError, match="already holds a trained run"):
         train_classifier(small_config(tiny_bert, sst2_small, trained_run[0]))
@@ -158,7 +158,7 @@ def test_a_trained_run_refuses_to_be_overwritten(trained_run, tiny_bert, sst2_sm
 def test_predict_cli_reads_arguments_stdin_and_files(trained_run, tmp_path, capsys, monkeypatch):
     import io
 
-    from jax_transformer import predict
+    from jax_transformer.cli import predict
 
     run_dir, _ = trained_run
     assert predict.main([run_dir, "a great movie", "awful"]) == 0
@@ -177,7 +177,7 @@ def test_predict_cli_reads_arguments_stdin_and_files(trained_run, tmp_path, caps
 
 def _tiny_steps(tiny_bert, **train):
     """ClassifierSteps of the tiny BERT (2 layers) with the recipe's optimizer, and one fixed batch."""
-    from jax_transformer.classify import ClassifierSteps, build_model, layer_lr_scales, make_optimizer
+    from jax_transformer.tasks.classification import ClassifierSteps, build_model, layer_lr_scales, make_optimizer
 
     tcfg = ClassifyTrainConfig(**{"learning_rate": 1e-3, "warmup_ratio": 0.0, **train})
     model_config = bert.bert_model_config(tiny_bert)
@@ -261,7 +261,7 @@ def test_ema_follows_the_weights_with_a_warming_decay(tiny_bert):
 
 
 def test_a_run_with_ema_keeps_and_reports_the_averaged_weights(tiny_bert, sst2_small, tmp_path):
-    from jax_transformer.classify import Classifier, train_classifier
+    from jax_transformer.tasks.classification import Classifier, train_classifier
 
     run_dir = str(tmp_path / "ema")
     report = train_classifier(small_config(tiny_bert, sst2_small, run_dir, steps=3, eval_every=3,
@@ -294,9 +294,9 @@ def test_rdrop_adds_alpha_times_a_positive_symmetric_kl(tiny_bert):
 
 def test_a_soup_is_the_mean_of_the_runs_weights_and_reads_like_a_run(trained_run, tiny_bert, sst2_small, tmp_path,
                                                                      capsys):  # fmt: skip
-    from jax_transformer import soup
-    from jax_transformer.checkpoint import Checkpointer
-    from jax_transformer.classify import Classifier, best_checkpoint_step, train_classifier
+    from jax_transformer.cli import soup
+    from jax_transformer.tasks.classification import Classifier, best_checkpoint_step, train_classifier
+    from jax_transformer.train.checkpoint import Checkpointer
 
     other = str(tmp_path / "seed1")
     # Evaluated only after its second update: the first runs at warmup's learning rate 0, so a step-1 checkpoint holds

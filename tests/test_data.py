@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from jax_transformer import data
 from jax_transformer.config import ConfigError, DataConfig, UserError
-from jax_transformer.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+from jax_transformer.data import pipeline as data
+from jax_transformer.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 
 MULTI30K = Path(__file__).resolve().parents[1] / "data" / "multi30k"
 PAIRS = [("A dog runs.", "Ein Hund rennt."), ("Two cats sit — quietly\u2028.", "Zwei Katzen sitzen."), ("Hi", "Hallo")]

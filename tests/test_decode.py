@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jax_transformer.checkpoint import Checkpointer, average_params
 from jax_transformer.config import model_preset
-from jax_transformer.decode import beam_search, greedy_search, output_limits
-from jax_transformer.model import Transformer
+from jax_transformer.decode.search import beam_search, greedy_search, output_limits
+from jax_transformer.model.transformer import Transformer
+from jax_transformer.train.checkpoint import Checkpointer, average_params
 from tests.copy_task import BOS, EOS, token_accuracy, train_copy_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -160,8 +160,8 @@ def test_average_params_is_the_mean(tmp_path):
 
 def test_translate_evaluate_average_commands(tmp_path, capsys):
     """The commands on a tiny trained run: outputs line up with inputs, scores print, averaging writes a model."""
-    from jax_transformer import average, evaluate, translate
-    from jax_transformer.trainer import train
+    from jax_transformer.cli import average, evaluate, translate
+    from jax_transformer.train.loop import train
     from tests.test_train import _config, _write_slice
 
     corpus = _write_slice(tmp_path / "corpus", n_train=300, n_valid=16)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jax_transformer.dropout import Dropout, dropout_mask, hashed_bits
+from jax_transformer.model.dropout import Dropout, dropout_mask, hashed_bits
 
 N = 1 << 20  # 1M elements: the standard error of a rate is about 5e-4
 

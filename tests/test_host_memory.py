@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 PROBE = """
 import ctypes, sys
-from jax_transformer.host_memory import keep_freed_memory
+from jax_transformer.train.host_memory import keep_freed_memory
 kept = keep_freed_memory()
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in

@@ -11,8 +11,8 @@ import pytest
 import torch
 from flax import nnx
 
-from jax_transformer import model as jm
 from jax_transformer.config import model_preset
+from jax_transformer.model import transformer as jm
 from torch_ref import model as tm
 
 VOCAB, TGT_VOCAB, PAD = 29, 23, 0

@@ -20,8 +20,6 @@ import pytest
 from flax import nnx
 from jax.sharding import AbstractMesh
 
-from jax_transformer import sharding
-from jax_transformer.checkpoint import Checkpointer
 from jax_transformer.config import (
     Config,
     ConfigError,
@@ -31,10 +29,12 @@ from jax_transformer.config import (
     load_config_file,
     model_preset,
 )
-from jax_transformer.model import Transformer
-from jax_transformer.run_log import read_metrics
-from jax_transformer.train_lib import Steps
-from jax_transformer.trainer import train
+from jax_transformer.model.transformer import Transformer
+from jax_transformer.train import sharding
+from jax_transformer.train.checkpoint import Checkpointer
+from jax_transformer.train.loop import train
+from jax_transformer.train.run_log import read_metrics
+from jax_transformer.train.steps import Steps
 from tests.multihost_worker import run_config
 from tests.test_train import _write_slice
 

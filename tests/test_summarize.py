@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from rouge_score import rouge_scorer
 
-from jax_transformer import data
+from jax_transformer.cli.evaluate import _split_texts, score_rouge
 from jax_transformer.config import ConfigError, DataConfig, DecodeConfig, UserError
-from jax_transformer.decode import beam_search, greedy_search, repeated_ngram_bans
-from jax_transformer.evaluate import _split_texts, score_rouge
+from jax_transformer.data import pipeline as data
+from jax_transformer.data.readers import read_sources_and_references
+from jax_transformer.decode.search import beam_search, greedy_search, repeated_ngram_bans
 from jax_transformer.metrics import rouge
-from jax_transformer.readers import read_sources_and_references
 from tests.copy_task import BOS, EOS, token_accuracy, train_copy_model
 
 DIALOGSUM = Path(__file__).resolve().parents[1] / "data" / "dialogsum"
@@ -216,9 +216,9 @@ def test_summarization_run_end_to_end(tmp_path, capsys):
     import importlib.util
     import json
 
-    from jax_transformer import evaluate
+    from jax_transformer.cli import evaluate
     from jax_transformer.config import Config, TrainConfig, model_preset
-    from jax_transformer.trainer import train
+    from jax_transformer.train.loop import train
 
     corpus = tmp_path / "dialogsum"
     corpus.mkdir()

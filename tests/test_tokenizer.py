@@ -8,7 +8,7 @@ import pytest
 import sentencepiece as spm
 
 from jax_transformer.config import DataConfig, UserError
-from jax_transformer.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, train_tokenizer
+from jax_transformer.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, train_tokenizer
 
 WORDS = "the a small big dog cat runs sits on under red blue house tree man woman child ball".split()
 

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jax_transformer.checkpoint import Checkpointer
 from jax_transformer.config import Config, DataConfig, TrainConfig, UserError, model_preset
-from jax_transformer.decode import greedy_search
-from jax_transformer.model import Transformer
-from jax_transformer.train_lib import Steps, label_smoothed_cross_entropy, learning_rate_schedule
-from jax_transformer.trainer import TrainingInterrupted, train
+from jax_transformer.decode.search import greedy_search
+from jax_transformer.model.transformer import Transformer
+from jax_transformer.train.checkpoint import Checkpointer
+from jax_transformer.train.loop import TrainingInterrupted, train
+from jax_transformer.train.steps import Steps, label_smoothed_cross_entropy, learning_rate_schedule
 from tests.copy_task import BOS, EOS, token_accuracy, train_copy_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -282,7 +282,7 @@ def test_cli_override_errors(override, expected):
 
 def test_dropout_masks_differ_between_layers_and_steps():
     """Every Dropout module draws its own mask, and masks change from step to step (but not between two runs)."""
-    from jax_transformer.train_lib import _per_module_key
+    from jax_transformer.train.steps import _per_module_key
 
     steps, state = _steps(TrainConfig(), dropout=0.5)
 

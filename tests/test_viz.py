@@ -12,8 +12,8 @@ from flax import nnx
 
 from jax_transformer import viz
 from jax_transformer.config import Config, DataConfig, TrainConfig, model_preset
-from jax_transformer.model import Transformer, padding_mask, sinusoidal_positions
-from jax_transformer.train_lib import learning_rate_schedule
+from jax_transformer.model.transformer import Transformer, padding_mask, sinusoidal_positions
+from jax_transformer.train.steps import learning_rate_schedule
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SRC = [5, 6, 7, 8, 9, 3, 0, 0]  # 6 real tokens (EOS = 3 last), then 2 padding
@@ -181,8 +181,8 @@ def test_confusion_matrix(tmp_path):
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A self-contained model directory: a random tiny model and a small sentencepiece vocabulary."""
-    from jax_transformer.inference import Translator, save_model_dir
-    from jax_transformer.tokenizer import train_tokenizer
+    from jax_transformer.data.tokenizer import train_tokenizer
+    from jax_transformer.decode.translator import Translator, save_model_dir
 
     root = tmp_path_factory.mktemp("viz_model")
     words = "a the dog cat runs sits on under red blue house tree man woman ball".split()

@@ -123,7 +123,7 @@ def beam_search(
     of Hugging Face generate() and fairseq; by default every one may (tensor2tensor and the Flax WMT example), which
     keeps more short, probable hypotheses. A sentence is done when no live beam can still beat its worst finished
     hypothesis; the loop ends when every sentence is done or at max_len. (The same algorithm as
-    `jax_transformer.decode.beam_search`.)
+    `jax_transformer.decode.search.beam_search`.)
     """
     src_ids = torch.as_tensor(src_ids, dtype=torch.long)
     device = src_ids.device

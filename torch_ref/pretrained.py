@@ -53,7 +53,7 @@ def load_pretrained(model_dir: str, device: str | torch.device = "cpu"):
 
 
 def decode_ids(sp, rows) -> list[str]:
-    """Texts of id rows as `jax_transformer.tokenizer.Tokenizer.decode`: stop at the first EOS, drop PAD and BOS,
+    """Texts of id rows as `jax_transformer.data.tokenizer.Tokenizer.decode`: stop at the first EOS, drop PAD and BOS,
     ids outside the vocabulary become UNK."""
     cleaned = []
     for row in rows:

@@ -25,7 +25,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from .config import Config, ConfigError, MeshConfig
+from jax_transformer.config import Config, ConfigError, MeshConfig
 
 DATA, MODEL = "data", "model"
 

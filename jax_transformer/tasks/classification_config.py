@@ -11,7 +11,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from .config import (
+from jax_transformer.config import (
     Config,
     ConfigError,
     RunConfigFile,

@@ -12,12 +12,12 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from . import data as data_lib
-from .checkpoint import Checkpointer
-from .config import Config, UserError
-from .decode import beam_search, greedy_search, output_limits
-from .model import Transformer
-from .tokenizer import Tokenizer
+from jax_transformer.config import Config, UserError
+from jax_transformer.data import pipeline as data_lib
+from jax_transformer.data.tokenizer import Tokenizer
+from jax_transformer.decode.search import beam_search, greedy_search, output_limits
+from jax_transformer.model.transformer import Transformer
+from jax_transformer.train.checkpoint import Checkpointer
 
 
 class Translator:
@@ -34,7 +34,7 @@ class Translator:
         if mesh is None:
             self._search = jax.jit(self._search_impl, static_argnums=static)
         else:
-            from . import sharding
+            from jax_transformer.train import sharding
 
             whole = sharding.replicated(mesh)
             self._search = jax.jit(
@@ -113,7 +113,7 @@ def load_translator(path: str, step: str = "latest") -> Translator:
     tokenizer = Tokenizer.load(os.path.join(path, "spm.model"))
     model = Transformer(config.model, rngs=nnx.Rngs(0))
     if os.path.exists(os.path.join(path, "model.safetensors")):
-        from .convert import load_safetensors
+        from jax_transformer.interop.torch_convert import load_safetensors
 
         load_safetensors(model, os.path.join(path, "model.safetensors"))
     else:
@@ -137,7 +137,7 @@ def restore_params(checkpoints: Checkpointer, step: int, abstract_params):
 def save_model_dir(translator: Translator, out_dir: str, metadata: dict | None = None) -> None:
     """Write a self-contained model directory: config.json, model.safetensors (torch_ref names and layouts, fp32),
     spm.model. `load_translator` and `torch_ref.load_pretrained` both read it. Refuses to overwrite."""
-    from .convert import save_safetensors
+    from jax_transformer.interop.torch_convert import save_safetensors
 
     if os.path.exists(os.path.join(out_dir, "model.safetensors")):
         raise UserError(f"{out_dir} already holds a model; fix: choose another output directory or delete it")

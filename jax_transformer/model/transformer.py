@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from .config import ModelConfig
-from .dropout import Dropout  # nnx.Dropout with a mask that is cheap on CPU (see dropout.py)
+from jax_transformer.config import ModelConfig
+from jax_transformer.model.dropout import Dropout  # nnx.Dropout with a mask that is cheap on CPU (see dropout.py)
 
 # Initialisers (the paper does not specify them; these are the common choice of tensor2tensor/fairseq):
 # Xavier-uniform projections, N(0, d_model^-0.5) embeddings so that embedding * sqrt(d_model) has unit scale.

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .classify_config import ClassifyDataConfig
-from .config import UserError
+from jax_transformer.config import UserError
+from jax_transformer.tasks.classification_config import ClassifyDataConfig
 
 csv.field_size_limit(1 << 24)
 

@@ -21,15 +21,15 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
-from . import bert
-from . import classify_data as cdata
-from .checkpoint import Checkpointer
-from .classify_config import ClassifyConfig, ClassifyTrainConfig, load_classify_config
-from .config import ModelConfig, UserError
-from .model import EncoderClassifier
-from .run_log import RunLog
-from .sharding import path_name
-from .train_lib import _per_module_key
+from jax_transformer.config import ModelConfig, UserError
+from jax_transformer.data import classification as cdata
+from jax_transformer.interop import bert
+from jax_transformer.model.transformer import EncoderClassifier
+from jax_transformer.tasks.classification_config import ClassifyConfig, ClassifyTrainConfig, load_classify_config
+from jax_transformer.train.checkpoint import Checkpointer
+from jax_transformer.train.run_log import RunLog
+from jax_transformer.train.sharding import path_name
+from jax_transformer.train.steps import _per_module_key
 
 
 def _say(message: str) -> None:
@@ -329,7 +329,7 @@ def train_classifier(config: ClassifyConfig) -> dict:
     _write_json(os.path.join(run_dir, "eval.json"), report)
     plot_path = os.path.join(run_dir, "confusion_matrix.png")
     try:
-        from .viz import plot_confusion_matrix
+        from jax_transformer.viz import plot_confusion_matrix
 
         plot_confusion_matrix(np.asarray(report["confusion_matrix"]), classifier.names, plot_path,
                               title=f"{config.name} dev (step {best_step})")  # fmt: skip

@@ -16,8 +16,8 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from . import sharding
-from .config import Config, TrainConfig
+from jax_transformer.config import Config, TrainConfig
+from jax_transformer.train import sharding
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Learning-rate schedules and the optimizer (§5.3)

@@ -13,7 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from .config import UserError
+from jax_transformer.config import UserError
 
 
 def _metric_for_ranking(metrics: dict) -> float:

@@ -20,12 +20,12 @@ def enable_compilation_cache() -> None:
 def run_cli(fn) -> int:
     """Call `fn()`; print a `UserError` (bad files, flags, configs, checkpoints) as one line, no traceback."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from .host_memory import keep_freed_memory
+    from jax_transformer.train.host_memory import keep_freed_memory
 
     keep_freed_memory()  # opt-in (JAX_TRANSFORMER_MALLOC=keep): XLA:CPU's buffers reused, not page-faulted each step
     from absl import logging as absl_logging
 
-    from .config import UserError
+    from jax_transformer.config import UserError
 
     absl_logging.set_verbosity(absl_logging.ERROR)  # orbax and TFDS log routine notices as warnings
     enable_compilation_cache()

@@ -18,15 +18,15 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from . import data as data_lib
-from . import sharding
-from .checkpoint import Checkpointer
-from .config import Config, UserError
-from .inference import Translator
-from .metrics import bleu, lc_tok_bleu, rouge
-from .model import Transformer
-from .run_log import RunLog
-from .train_lib import Steps, sum_metrics
+from jax_transformer.config import Config, UserError
+from jax_transformer.data import pipeline as data_lib
+from jax_transformer.decode.translator import Translator
+from jax_transformer.metrics import bleu, lc_tok_bleu, rouge
+from jax_transformer.model.transformer import Transformer
+from jax_transformer.train import sharding
+from jax_transformer.train.checkpoint import Checkpointer
+from jax_transformer.train.run_log import RunLog
+from jax_transformer.train.steps import Steps, sum_metrics
 
 
 class TrainingInterrupted(Exception):

@@ -25,8 +25,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jax_transformer.config import DataConfig, UserError
-from jax_transformer.readers import MAX_LINE_CHARS, _field, _split_files, read_local_pairs  # noqa: F401
-from jax_transformer.tokenizer import BOS_ID, PAD_ID, Tokenizer, train_tokenizer
+from jax_transformer.data.readers import MAX_LINE_CHARS, _field, _split_files, read_local_pairs  # noqa: F401
+from jax_transformer.data.tokenizer import BOS_ID, PAD_ID, Tokenizer, train_tokenizer
 
 log = logging.getLogger(__name__)
 

@@ -50,8 +50,8 @@ import tempfile
 
 import numpy as np
 
-from .config import Config, ModelConfig, UserError
-from .convert import to_state_dict
+from jax_transformer.config import Config, ModelConfig, UserError
+from jax_transformer.interop.torch_convert import to_state_dict
 
 HF_LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, which Marian's and Pegasus' layers use
 HF_ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}  # transformers' ACT2FN names

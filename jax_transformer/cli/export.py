@@ -1,0 +1,77 @@
+"""Export a trained model for PyTorch (torch_ref) or Hugging Face transformers (Marian / Pegasus). Offline, no pickles.
+
+  python -m jax_transformer.export runs/multi30k_en_de --to torch --out exports/en_de_torch
+  python -m jax_transformer.export runs/multi30k_en_de --step best --to hf --out exports/en_de_marian
+
+MODEL is a run directory (its latest checkpoint, or --step best|N), an averaged model directory or an exported one.
+--to torch writes config.json, model.safetensors (torch_ref names) and spm.model:
+    from torch_ref import load_pretrained, translate; model, sp = load_pretrained(DIR)
+--to hf writes a transformers directory (config.json, generation_config.json, model.safetensors) plus a
+MarianTokenizer (source.spm, target.spm, vocab.json, tokenizer_config.json): a MarianMTModel for post-norm models, a
+PegasusForConditionalGeneration (Marian with pre-norm layers and final LayerNorms) for pre-norm ones:
+    AutoModelForSeq2SeqLM.from_pretrained(DIR), AutoTokenizer.from_pretrained(DIR)
+Neither can express learned positions or a LayerNorm epsilon other than 1e-5, and Pegasus has one vocabulary: such
+models are refused for --to hf (use --to torch). Paper-style interleaved sinusoids are exported exactly (features
+permuted).
+"""
+
+import argparse
+import os
+import sys
+
+from jax_transformer.cli import run_cli
+
+TARGETS = ("torch", "hf")
+
+
+def export(model_path: str, to: str, out_dir: str, step: str = "latest") -> None:
+    """Export the model at `model_path` (run, averaged or exported directory) to `out_dir` in format `to`."""
+    from jax_transformer.config import UserError
+
+    if to not in TARGETS:
+        raise UserError(f"--to must be one of {', '.join(TARGETS)}, got {to!r}")
+    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
+        raise UserError(f"{out_dir} already exists and is not empty; fix: choose another --out or delete it")
+    if os.path.abspath(out_dir) == os.path.abspath(model_path):
+        raise UserError("--out must differ from the model directory")
+
+    from jax_transformer.decode.translator import load_translator
+
+    if to == "hf" and os.path.isfile(os.path.join(model_path, "config.json")):
+        from jax_transformer.config import Config
+        from jax_transformer.interop.hf_export import check_exportable
+
+        check_exportable(Config.load(os.path.join(model_path, "config.json")).model)  # refuse before loading weights
+    translator = load_translator(model_path, step)
+    if to == "hf":
+        from flax import nnx
+
+        from jax_transformer.interop.hf_export import save_hf
+
+        model = nnx.merge(translator.graphdef, translator.params, translator.rest)
+        model.eval()
+        save_hf(model, translator.config, translator.tokenizer, out_dir)
+    else:
+        from jax_transformer.decode.translator import save_model_dir
+
+        save_model_dir(translator, out_dir, metadata={"source": model_path, "step": step})
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 2)[2],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("model", help="run directory, averaged or exported model directory")
+    parser.add_argument("--to", required=True, choices=TARGETS, help="torch: torch_ref directory; hf: Marian/Pegasus")
+    parser.add_argument("--out", required=True, help="output directory (must not exist or be empty)")
+    parser.add_argument("--step", default="latest", help="checkpoint of a run: latest (default), best, or a step")
+    args = parser.parse_args(argv)
+
+    def run():
+        export(args.model, args.to, args.out, args.step)
+        print(f"exported {args.model} ({args.to}) to {args.out}")
+
+    return run_cli(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
