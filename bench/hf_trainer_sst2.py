@@ -44,9 +44,9 @@ def main() -> None:
         TrainingArguments,
     )
 
+    from jax_transformer.config import load_any_config
     from jax_transformer.data import classification as cdata
     from jax_transformer.interop import bert
-    from jax_transformer.tasks.classification_config import load_any_config
 
     if args.threads:
         torch.set_num_threads(args.threads)

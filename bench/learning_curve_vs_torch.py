@@ -95,8 +95,7 @@ def main(argv=None) -> int:
     from jax_transformer.config import load_config_file
     from jax_transformer.data import pipeline as data_lib
     from jax_transformer.model.transformer import Transformer
-    from jax_transformer.train.loop import resolve_config
-    from jax_transformer.train.steps import Steps, sum_metrics
+    from jax_transformer.tasks.translation import resolve_config, sum_metrics, translation_steps
 
     torch.manual_seed(0)
     torch.set_num_threads(common.available_cores())
@@ -112,7 +111,7 @@ def main(argv=None) -> int:
     examples = data_lib.encode_examples(pairs, tokenizer, config.data.max_len).examples
     batches = data_lib.BatchIterator(examples, config.data.max_tokens, config.data.length_bucket_step, seed=0)
     model = Transformer(config.model, rngs=nnx.Rngs(params=0, dropout=1))
-    steps = Steps(config, model)
+    steps = translation_steps(config, model)
     state = steps.init_state(nnx.state(model, nnx.Param))
     print(
         f"# {common.cpu_model()}; jax {jax.__version__}, torch {torch.__version__}; {config.name}: d_model "

@@ -200,7 +200,7 @@ def main(argv=None) -> int:
 
     from jax_transformer.interop.torch_convert import to_state_dict
     from jax_transformer.model.transformer import Transformer
-    from jax_transformer.train.steps import learning_rate_schedule
+    from jax_transformer.train.optimizer import learning_rate_schedule
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

@@ -70,10 +70,10 @@ def profile(config, batch, steps: int) -> tuple[dict[str, float], float]:
     from flax import nnx
 
     from jax_transformer.model.transformer import Transformer
-    from jax_transformer.train.steps import Steps
+    from jax_transformer.tasks.translation import translation_steps
 
     model = Transformer(config.model, rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1))
-    trainer = Steps(config, model)
+    trainer = translation_steps(config, model)
     state = trainer.init_state(nnx.state(model, nnx.Param))
     del model
     for _ in range(2):

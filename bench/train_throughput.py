@@ -9,8 +9,9 @@ on one fixed, seeded batch (`--rows` sentences padded to `--src-len` / `--tgt-le
 [40%, 100%] of the padded length) starting from the same weights (JAX init, copied into torch with
 `jax_transformer.interop.torch_convert`). One training step is the full update on both sides:
 
-- JAX: `Steps(config, model).train_step` of the trainer (forward, label-smoothed loss, backward, global-norm clip if
-  configured, optax Adam/AdamW, the non-finite guard), jitted, timed to `block_until_ready` of its outputs.
+- JAX: `translation_steps(config, model).train_step` of the engine (forward, label-smoothed loss, backward,
+  global-norm clip if configured, optax Adam/AdamW, the non-finite guard), jitted, timed to `block_until_ready` of
+  its outputs.
 - torch: forward (torch.autocast('cpu', bfloat16) with --bf16), F.cross_entropy(ignore_index=pad,
   label_smoothing=eps), backward, clip_grad_norm_ if configured, torch.optim.Adam (AdamW if weight_decay > 0) with
   the config's betas/eps (0.9, 0.98, 1e-9 by default) at a constant learning rate (the schedule's first value), and
@@ -119,9 +120,9 @@ def bench_jax(config: Config, model, batch: dict, steps: int, warmup: int) -> di
     from flax import nnx
 
     from jax_transformer.model.transformer import count_parameters
-    from jax_transformer.train.steps import Steps
+    from jax_transformer.tasks.translation import translation_steps
 
-    trainer = Steps(config, model)
+    trainer = translation_steps(config, model)
     holder = {"state": trainer.init_state(nnx.state(model, nnx.Param))}
 
     def step():
@@ -297,7 +298,7 @@ def main(argv=None) -> int:
         if "torch" in args.frameworks:
             print(f"  measuring torch {label} ...", file=sys.stderr, flush=True)
             if lr is None:
-                from jax_transformer.train.steps import learning_rate_schedule
+                from jax_transformer.train.optimizer import learning_rate_schedule
 
                 lr = float(learning_rate_schedule(run_config.train, model_config.d_model)(0))
             results["torch"] = bench_torch(run_config, state_dict, batch, args.steps, args.warmup, lr)

@@ -17,7 +17,7 @@ data (best checkpoint): 3 epochs plain, lr 1e-4: 89.9%; lr 5e-5: 90.1%; 3 epochs
 recipe levels off at 89.5-91.5% from the first epoch on while training accuracy climbs past 95%.
 """
 
-from jax_transformer.tasks.classification_config import ClassifyConfig, ClassifyDataConfig, ClassifyTrainConfig
+from jax_transformer.config import ClassifyConfig, ClassifyDataConfig, ClassifyTrainConfig
 
 
 def get_config() -> ClassifyConfig:

@@ -35,9 +35,9 @@ def cpu_name() -> str:
 def score_split(translator, split: str, data_dir: str, decode) -> dict:
     """Scores of `split` decoded with the recipe's beam size and alpha (`decode`), whatever the checkpoint's saved
     config says (a run trained before the recipe's decoding was tuned keeps its old values)."""
-    from jax_transformer.cli.evaluate import _split_texts, score
+    from jax_transformer.cli.evaluate import score, split_texts
 
-    sources, references = _split_texts(translator.config.data, split, data_dir)
+    sources, references = split_texts(translator.config.data, split, data_dir)
     hypotheses = translator.translate(sources, beam_size=decode.beam_size, alpha=decode.alpha, progress=False)
     return score(hypotheses, [refs[0] for refs in references], translator.config.data.tgt_lang)
 
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
         config = load_config_file(args.config, args.overrides)
         run_dir = config.directory
         if not args.skip_train:
-            from jax_transformer.train.loop import train
+            from jax_transformer.tasks.translation import train
 
             train(config)
         records = read_metrics(run_dir)

@@ -31,7 +31,7 @@ def main(argv=None) -> int:
     from jax_transformer.cli import run_cli
 
     def run():
-        from jax_transformer.cli.evaluate import _split_texts, score, score_rouge
+        from jax_transformer.cli.evaluate import score, score_rouge, split_texts
         from jax_transformer.config import UserError
         from jax_transformer.decode.translator import load_translator
 
@@ -39,7 +39,7 @@ def main(argv=None) -> int:
             raise UserError("--beams must be >= 1 and --alphas >= 0")
         translator = load_translator(args.model)
         data = translator.config.data
-        sources, references = _split_texts(data, args.split, args.data_dir)
+        sources, references = split_texts(data, args.split, args.data_dir)
         if translator.config.decode.metric == "rouge":
             columns, key = ("rouge1", "rouge2", "rougeL"), "rouge1"
             evaluate = lambda hypotheses: score_rouge(hypotheses, references)

@@ -6,7 +6,7 @@ from flax import nnx
 
 from jax_transformer.config import Config, TrainConfig, model_preset
 from jax_transformer.model.transformer import Transformer
-from jax_transformer.train.steps import Steps
+from jax_transformer.tasks.translation import translation_steps
 
 BOS, EOS = 2, 3
 
@@ -30,7 +30,7 @@ def train_copy_model(steps: int = 400, **model_overrides):
                           clip_grad_norm=1.0),  # fmt: skip
     )
     model = Transformer(config.model, rngs=nnx.Rngs(params=0, dropout=1))
-    runner = Steps(config, model)
+    runner = translation_steps(config, model)
     state = runner.init_state(nnx.state(model, nnx.Param))
     batch = copy_batch()
     for _ in range(steps):

@@ -25,6 +25,7 @@ from flax import nnx  # noqa: E402
 
 from jax_transformer.config import Config, DataConfig, MeshConfig, TrainConfig, model_preset  # noqa: E402
 from jax_transformer.model.transformer import Transformer  # noqa: E402
+from jax_transformer.tasks.translation import translation_steps  # noqa: E402
 from jax_transformer.train import sharding  # noqa: E402
 from jax_transformer.train.checkpoint import Checkpointer  # noqa: E402
 from jax_transformer.train.steps import Steps  # noqa: E402
@@ -67,7 +68,7 @@ def batches(count: int = STEPS) -> list[dict]:
 def make(mesh_cfg: MeshConfig, devices) -> tuple[Steps, dict]:
     cfg = config(mesh_cfg)
     model = Transformer(cfg.model, rngs=nnx.Rngs(params=0, dropout=1))
-    steps = Steps(cfg, model, mesh=sharding.make_mesh(mesh_cfg, devices))
+    steps = translation_steps(cfg, model, mesh=sharding.make_mesh(mesh_cfg, devices))
     return steps, steps.init_state(nnx.state(model, nnx.Param))
 
 
@@ -181,7 +182,7 @@ def run_config(out: str, corpus: str, mesh: MeshConfig, steps: int = 4, eval_eve
 def hosts_mode(out: str, port: str, pid: int, corpus: str) -> None:
     """One of two processes with 4 devices each: a whole training run over both (data, tokenizer, logs and
     checkpoints shared through `out`), 4x2 FSDP + tensor parallel with 'data' across the processes."""
-    from jax_transformer.train.loop import train
+    from jax_transformer.tasks.translation import train
 
     mesh_cfg = dataclasses.replace(BOTH, coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=pid)
     result = train(run_config(out, corpus, mesh_cfg))  # calls jax.distributed.initialize

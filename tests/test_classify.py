@@ -1,5 +1,6 @@
 """Text-classification fine-tuning: config, bad rows, a two-step run of a tiny random BERT, save/load, predict CLI."""
 
+import dataclasses
 import gzip
 import json
 import os
@@ -8,16 +9,18 @@ import shutil
 import numpy as np
 import pytest
 
-from jax_transformer.config import Config, ConfigError, UserError
-from jax_transformer.data import classification as cdata
-from jax_transformer.interop import bert
-from jax_transformer.tasks.classification_config import (
+from jax_transformer.config import (
     ClassifyConfig,
     ClassifyDataConfig,
     ClassifyTrainConfig,
+    Config,
+    ConfigError,
+    UserError,
     apply_overrides,
     load_any_config,
 )
+from jax_transformer.data import classification as cdata
+from jax_transformer.interop import bert
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -148,46 +151,121 @@ def test_save_load_round_trip_reproduces_the_report(trained_run, sst2_small):
     np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
 
 
-def test_a_trained_run_refuses_to_be_overwritten(trained_run, tiny_bert, sst2_small):
+def test_a_trained_run_refuses_an_incompatible_config(trained_run, tiny_bert, sst2_small):
+    """A run directory made by another config is refused before anything in it changes."""
+    import dataclasses
+
     from jax_transformer.tasks.classification import train_classifier
 
-    with pytest.raises(UserError, match="already holds a trained run"):
-        train_classifier(small_config(tiny_bert, sst2_small, trained_run[0]))
+    run_dir = trained_run[0]
+    before = sorted(os.listdir(run_dir)), sorted(os.listdir(os.path.join(run_dir, "checkpoints")))
+    config = dataclasses.replace(small_config(tiny_bert, sst2_small, run_dir, eval_every=1), pooling="cls")
+    with pytest.raises(UserError, match="holds a run with a different config .pooling: 'mean' -> 'cls'"):
+        train_classifier(config)
+    assert (sorted(os.listdir(run_dir)), sorted(os.listdir(os.path.join(run_dir, "checkpoints")))) == before
 
 
-def test_predict_cli_reads_arguments_stdin_and_files(trained_run, tmp_path, capsys, monkeypatch):
-    import io
+def _final_params(run_dir):
+    from jax_transformer.train.checkpoint import Checkpointer
 
-    from jax_transformer.cli import predict
+    checkpoints = Checkpointer(os.path.join(run_dir, "checkpoints"), read_only=True)
+    arrays = checkpoints.restore_arrays(checkpoints.latest_step())
+    checkpoints.close()
+    return arrays
 
-    run_dir, _ = trained_run
-    assert predict.main([run_dir, "a great movie", "awful"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 2 and lines[0].split("\t")[0] in ("0", "1") and lines[0].endswith("a great movie")
-    assert 0.5 <= float(lines[0].split("\t")[1]) <= 1.0
-    monkeypatch.setattr("sys.stdin", io.StringIO("one\n\ntwo\n"))
-    assert predict.main([run_dir]) == 0
-    assert len(capsys.readouterr().out.strip().splitlines()) == 2
-    (tmp_path / "in.txt").write_text("three\n", encoding="utf-8")
-    assert predict.main([run_dir, "--file", str(tmp_path / "in.txt")]) == 0
-    assert capsys.readouterr().out.strip().endswith("three")
-    assert predict.main([str(tmp_path / "nowhere"), "x"]) == 1
-    assert "no config.json" in capsys.readouterr().err
+
+def _flat(tree):
+    import jax
+
+    return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def test_classification_resumes_bit_identically_after_a_kill(tiny_bert, sst2_small, tmp_path):
+    """Killed at step 3 of 6 (last checkpoint at step 2), then resumed: the final state (parameters, optimizer
+    moments, EMA) equals an uninterrupted run's bit for bit; dropout and R-Drop masks and the batch order continue."""
+    from jax_transformer.tasks.classification import train_classifier
+    from jax_transformer.train.loop import TrainingInterrupted
+
+    settings = dict(steps=6, eval_every=2, ema_decay=0.9, rdrop_alpha=0.5)
+    full = str(tmp_path / "full")
+    train_classifier(small_config(tiny_bert, sst2_small, full, **settings))
+    killed = str(tmp_path / "killed")
+    with pytest.raises(TrainingInterrupted):
+        train_classifier(small_config(tiny_bert, sst2_small, killed, **settings), crash_at_step=3)
+    report = train_classifier(small_config(tiny_bert, sst2_small, killed, **settings))
+    assert report["steps"] == 6
+    a, b = _final_params(full), _final_params(killed)
+    assert int(a["step"]) == int(b["step"]) == 6
+    for x, y in zip(_flat(a), _flat(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+    # and the run did learn something in between: the weights moved from the pretrained ones
+    first = _flat(a["params"])
+    assert any(not np.array_equal(x, y) for x, y in zip(first, _flat(a["ema"]), strict=True))
+
+
+def test_classification_accumulates_gradients(tiny_bert, sst2_small):
+    """Two micro-batches of 8 rows accumulated = the 16 rows in one batch: the same gradient sums and example count
+    (dropout off so that both see the same function), and the accumulated update is the one-batch update."""
+    import jax
+
+    from jax_transformer.tasks.classification import build_model, classification_steps
+
+    config = dataclasses.replace(small_config(tiny_bert, sst2_small, "unused", batch_size=8), classifier_dropout=0.0)
+    model_config = dataclasses.replace(bert.bert_model_config(tiny_bert), dropout=0.0, attention_dropout=0.0)
+    rng = np.random.default_rng(0)
+    batch = {"ids": rng.integers(1000, 2000, (16, 8)).astype(np.int32),
+             "labels": rng.integers(0, 2, 16).astype(np.int32), "weights": np.ones(16, np.float32)}  # fmt: skip
+    halves = [{k: v[:8] for k, v in batch.items()}, {k: v[8:] for k, v in batch.items()}]
+    model = build_model(model_config, 2, config)
+    steps = classification_steps(config, model, total_steps=10)
+    state = steps.init_state(nnx_params(model))
+    step = state["step"]
+    whole = steps.accumulate(steps.zero_accumulator(state["params"], batch), state["params"], batch, step, 0)
+    acc = steps.zero_accumulator(state["params"], halves[0])
+    for micro, half in enumerate(halves):
+        acc = steps.accumulate(acc, state["params"], half, step, micro)
+    assert float(acc[1]["examples"]) == float(whole[1]["examples"]) == 16.0
+    np.testing.assert_allclose(float(acc[1]["loss"]), float(whole[1]["loss"]), rtol=1e-6)
+    grads_whole, grads_acc = jax.tree.leaves(whole[0]), jax.tree.leaves(acc[0])
+    largest = max(float(np.abs(g).max()) for g in grads_whole)
+    assert largest > 1e-3  # a real gradient, not zeros
+    for g, h in zip(grads_whole, grads_acc, strict=True):
+        # relative to each parameter's gradient size; a parameter whose true gradient is 0 (e.g. the unused pooler)
+        # holds only rounding noise, hence the floor at 1% of the largest gradient
+        scale = max(float(np.abs(g).max()), 1e-2 * largest)
+        assert float(np.abs(g - h).max()) <= 1e-5 * scale
+    # the update from the accumulator sees the train step's averaged gradient on the whole batch
+    _, one = steps.train_step(steps.init_state(nnx_params(model)), batch)
+    state, two = steps.apply_accumulated(steps.init_state(nnx_params(model)), acc)
+    assert int(state["step"]) == 1 and float(two["examples"]) == 16.0
+    np.testing.assert_allclose(float(two["grad_norm"]), float(one["grad_norm"]), rtol=1e-5)
+
+
+class _TinySteps:
+    """The engine's steps of a tiny classifier with its initial parameters."""
+
+    def __init__(self, steps, params):
+        self.steps, self.params = steps, params
+        self.train_step, self.eval_params = steps.train_step, steps.eval_params
+
+    def init_state(self):
+        return self.steps.init_state(self.params)
 
 
 def _tiny_steps(tiny_bert, **train):
-    """ClassifierSteps of the tiny BERT (2 layers) with the recipe's optimizer, and one fixed batch."""
-    from jax_transformer.tasks.classification import ClassifierSteps, build_model, layer_lr_scales, make_optimizer
+    """The engine's steps of the tiny BERT (2 layers) with the recipe's optimizer (through the classification task),
+    and one fixed batch."""
+    from jax_transformer.tasks.classification import build_model, classification_steps
 
     tcfg = ClassifyTrainConfig(**{"learning_rate": 1e-3, "warmup_ratio": 0.0, **train})
+    config = ClassifyConfig(pretrained=tiny_bert, train=tcfg)
     model_config = bert.bert_model_config(tiny_bert)
-    model = build_model(model_config, 2, ClassifyConfig(pretrained=tiny_bert))
-    tx, schedule = make_optimizer(tcfg, 10, layer_lr_scales(nnx_params(model), tcfg.layer_lr_decay, 2,
-                                                               tcfg.freeze_token_embeddings))
+    model = build_model(model_config, 2, config)
+    steps = classification_steps(config, model, total_steps=10)
     rng = np.random.default_rng(0)
     batch = {"ids": rng.integers(1000, 2000, (4, 8)).astype(np.int32), "labels": np.array([0, 1, 1, 0], np.int32),
              "weights": np.ones(4, np.float32)}  # fmt: skip
-    return ClassifierSteps(model, tx, schedule, ema_decay=tcfg.ema_decay, rdrop_alpha=tcfg.rdrop_alpha), batch
+    return _TinySteps(steps, nnx_params(model)), batch
 
 
 def nnx_params(model):
@@ -318,7 +396,7 @@ def test_a_soup_is_the_mean_of_the_runs_weights_and_reads_like_a_run(trained_run
     names = ("encoder", "layers", 0, "self_attn", "out", "kernel")
     assert not np.allclose(_leaf(a, *names), _leaf(b, *names))  # two different runs went in
     for leaf in (("classifier", "kernel"), names):
-        np.testing.assert_allclose(_leaf(souped.steps.params, *leaf),
+        np.testing.assert_allclose(_leaf(souped.params, *leaf),
                                    (_leaf(a, *leaf) + _leaf(b, *leaf)) / 2, rtol=1e-6, atol=1e-7)  # fmt: skip
     report = json.load(open(os.path.join(out, "eval.json")))
     dev, _ = cdata.load_dataset(os.path.join(sst2_small, "dev.tsv"), souped.config.data, souped.labels,
@@ -335,3 +413,20 @@ def test_a_soup_is_the_mean_of_the_runs_weights_and_reads_like_a_run(trained_run
     assert "differ in labels.json" in capsys.readouterr().err
     assert soup.main([trained_run[0], "--out", str(tmp_path / "soup3")]) == 1
     assert "at least 2 runs" in capsys.readouterr().err
+
+
+def test_classification_trains_on_an_8_device_mesh(tiny_bert, sst2_small, tmp_path):
+    """Fine-tuning on 8 simulated devices (data 4 x model 2 with FSDP) gives the parameters one device gives, and a
+    full run on the 8-device mesh trains, evaluates and reports (tests/classify_mesh_worker.py)."""
+    import subprocess
+    import sys
+
+    worker = os.path.join(ROOT, "tests", "classify_mesh_worker.py")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    subprocess.run([sys.executable, worker, tiny_bert, sst2_small, str(tmp_path)], check=True, env=env, timeout=600)
+    with open(tmp_path / "result.json") as f:
+        result = json.load(f)
+    assert result["query_kernel_spec"] == "('data', 'model')"  # really sharded: FSDP rows, tensor-parallel heads
+    assert result["max_diff"] < 1e-5, result["max_diff"]
+    assert result["report"]["steps"] == 3 and result["report"]["examples"] == 64
+    assert os.path.exists(tmp_path / "run" / "eval.json")

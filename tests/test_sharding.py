@@ -30,11 +30,10 @@ from jax_transformer.config import (
     model_preset,
 )
 from jax_transformer.model.transformer import Transformer
+from jax_transformer.tasks.translation import train, translation_steps
 from jax_transformer.train import sharding
 from jax_transformer.train.checkpoint import Checkpointer
-from jax_transformer.train.loop import train
 from jax_transformer.train.run_log import read_metrics
-from jax_transformer.train.steps import Steps
 from tests.multihost_worker import run_config
 from tests.test_train import _write_slice
 
@@ -109,14 +108,15 @@ def test_partition_rules():
 def test_tensor_parallel_needs_whole_heads():
     config = Config(model=model_preset("test", vocab_size=32))  # 4 heads
     with pytest.raises(ConfigError, match="mesh.model=8 must divide model.num_heads=4"):
-        sharding.state_shardings({}, AbstractMesh((1, 8), ("data", "model")), config)
+        sharding.state_shardings({}, AbstractMesh((1, 8), ("data", "model")), False, config.model.num_heads)
 
 
 def test_base_recipe_shards_on_a_4x2_mesh_with_fsdp():
     config = load_config_file(os.path.join(ROOT, "configs", "wmt14_en_de_base.py"), ["mesh.model=2", "mesh.fsdp=true"])
     config = dataclasses.replace(config, model=dataclasses.replace(config.model, vocab_size=37000))
     params = nnx.state(nnx.eval_shape(lambda: Transformer(config.model, rngs=nnx.Rngs(0))), nnx.Param)
-    specs = sharding.describe(sharding.state_shardings(params, AbstractMesh((4, 2), ("data", "model")), config))
+    mesh = AbstractMesh((4, 2), ("data", "model"))
+    specs = sharding.describe(sharding.state_shardings(params, mesh, True, config.model.num_heads))
     assert specs["encoder/layers/5/self_attn/query/kernel"] == "('data', 'model')"
     assert specs["decoder/layers/0/feed_forward/linear2/kernel"] == "('model', 'data')"
     assert specs["source_embedding/embedding"] == "('data', None)"  # 37000 x 512, 37000 = 4 x 9250
@@ -255,7 +255,7 @@ def test_checkpoint_moves_between_meshes(workers):
     model_cfg = model_preset("test", vocab_size=32, num_encoder_layers=1, num_decoder_layers=1)
     config = Config(model=model_cfg, train=TrainConfig(clip_grad_norm=1.0))  # the worker's model and optimizer
     model = Transformer(config.model, rngs=nnx.Rngs(0))
-    steps = Steps(config, model)
+    steps = translation_steps(config, model)
     state, _ = checkpoints.restore(3, steps.init_state(nnx.state(model, nnx.Param)))
     kernel = state["params"]["encoder"]["layers"][0]["self_attn"]["query"]["kernel"]
     assert kernel.sharding.device_set == {jax.devices()[0]}

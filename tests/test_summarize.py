@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from rouge_score import rouge_scorer
 
-from jax_transformer.cli.evaluate import _split_texts, score_rouge
+from jax_transformer.cli.evaluate import score_rouge, split_texts
 from jax_transformer.config import ConfigError, DataConfig, DecodeConfig, UserError
 from jax_transformer.data import pipeline as data
 from jax_transformer.data.readers import read_sources_and_references
@@ -202,11 +202,11 @@ def test_dialogsum_jsonl_is_bundled_and_read_with_configured_fields(tmp_path):
 
     sources, references = read_sources_and_references(_dialogsum(tmp_path, references_field="references"), "test")
     assert len(sources) == 500 and all(len(r) == 3 for r in references)
-    assert _split_texts(_dialogsum(tmp_path), "test", None)[1][0] == [references[0][0]]  # summary = summary1
+    assert split_texts(_dialogsum(tmp_path), "test", None)[1][0] == [references[0][0]]  # summary = summary1
     with pytest.raises(UserError, match="'topic' is not a non-empty list"):
         read_sources_and_references(_dialogsum(tmp_path, references_field="topic"), "val")
     with pytest.raises(UserError, match="missing file"):
-        _split_texts(_dialogsum(tmp_path), "dev", None)
+        split_texts(_dialogsum(tmp_path), "dev", None)
 
 
 def test_summarization_run_end_to_end(tmp_path, capsys):
@@ -218,7 +218,7 @@ def test_summarization_run_end_to_end(tmp_path, capsys):
 
     from jax_transformer.cli import evaluate
     from jax_transformer.config import Config, TrainConfig, model_preset
-    from jax_transformer.train.loop import train
+    from jax_transformer.tasks.translation import train
 
     corpus = tmp_path / "dialogsum"
     corpus.mkdir()

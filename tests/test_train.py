@@ -16,9 +16,10 @@ from flax import nnx
 from jax_transformer.config import Config, DataConfig, TrainConfig, UserError, model_preset
 from jax_transformer.decode.search import greedy_search
 from jax_transformer.model.transformer import Transformer
+from jax_transformer.tasks.translation import label_smoothed_cross_entropy, train, translation_steps
 from jax_transformer.train.checkpoint import Checkpointer
-from jax_transformer.train.loop import TrainingInterrupted, train
-from jax_transformer.train.steps import Steps, label_smoothed_cross_entropy, learning_rate_schedule
+from jax_transformer.train.loop import TrainingInterrupted
+from jax_transformer.train.optimizer import learning_rate_schedule
 from tests.copy_task import BOS, EOS, token_accuracy, train_copy_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -83,7 +84,7 @@ def test_inverse_sqrt_and_cosine_schedules():
 def _steps(train_cfg: TrainConfig, **model_overrides):
     config = Config(model=model_preset("test", vocab_size=16, **model_overrides), train=train_cfg)
     model = Transformer(config.model, rngs=nnx.Rngs(params=0, dropout=1))
-    steps = Steps(config, model)
+    steps = translation_steps(config, model)
     return steps, steps.init_state(nnx.state(model, nnx.Param))
 
 
@@ -109,7 +110,7 @@ def test_gradient_accumulation_equals_one_big_batch():
     cfg = TrainConfig(schedule="constant", learning_rate=1.0, warmup_steps=0, adam_eps=1.0)
     steps, state = _steps(cfg, dropout=0.0)
     big, _ = steps.train_step(jax.tree.map(jnp.copy, state), both)
-    acc = steps.zero_accumulator(state["params"])
+    acc = steps.zero_accumulator(state["params"], a)
     for micro, batch in enumerate((a, b)):
         acc = steps.accumulate(acc, state["params"], batch, state["step"], micro)
     accumulated, _ = steps.apply_accumulated(state, acc)
@@ -282,14 +283,14 @@ def test_cli_override_errors(override, expected):
 
 def test_dropout_masks_differ_between_layers_and_steps():
     """Every Dropout module draws its own mask, and masks change from step to step (but not between two runs)."""
-    from jax_transformer.train.steps import _per_module_key
+    from jax_transformer.train.steps import reseed_dropout
 
     steps, state = _steps(TrainConfig(), dropout=0.5)
 
     @jax.jit
     def masks(params, key):
         model = nnx.merge(steps.train_graphdef, params, jax.tree.map(jnp.asarray, steps.rng_state))
-        nnx.reseed(model, dropout=key, policy=_per_module_key)
+        reseed_dropout(model, key)
         x = jnp.ones((2, 3, 32))
         return jnp.stack([model.encoder.layers[0].dropout(x), model.encoder.layers[1].dropout(x),
                           model.decoder.layers[0].dropout(x)])  # fmt: skip

@@ -56,7 +56,7 @@ def main(argv=None) -> int:
         translator = load_for_search(args)
         data = translator.config.data
         if args.split:
-            sources, references = _split_texts(data, args.split, args.data_dir)
+            sources, references = split_texts(data, args.split, args.data_dir)
         elif args.src and args.ref:
             sources, references = read_lines(args.src), [[ref] for ref in read_lines(args.ref)]
         else:
@@ -109,7 +109,7 @@ def score_rouge(hypotheses: list[str], references: list[list[str]], multi_ref: s
     return result
 
 
-def _split_texts(data, split: str, data_dir: str | None) -> tuple[list[str], list[list[str]]]:
+def split_texts(data, split: str, data_dir: str | None) -> tuple[list[str], list[list[str]]]:
     """Sources and per-example reference lists of a split of the run's local data (Multi30k names mapped)."""
     import dataclasses
 

@@ -49,7 +49,7 @@ def make_soup(run_dirs: list[str], out_dir: str, checkpoint: str = "best") -> di
     """Average the runs' `checkpoint` ('best' or 'last') weights into the run directory `out_dir`; returns what went
     in (`sources`: run, step, its dev accuracy when it was evaluated)."""
     from jax_transformer.config import UserError
-    from jax_transformer.tasks.classification import best_checkpoint_step
+    from jax_transformer.tasks.classification import best_checkpoint_step, checkpoint_weights
     from jax_transformer.train.checkpoint import Checkpointer, mean_params
 
     check_compatible(run_dirs)
@@ -62,7 +62,7 @@ def make_soup(run_dirs: list[str], out_dir: str, checkpoint: str = "best") -> di
         if step is None:
             raise UserError(f"{run} has no checkpoint yet")
         metrics = checkpoints.restore_meta(step).get("metrics") or {}
-        trees.append(checkpoints.restore_arrays(step)["params"])
+        trees.append(checkpoint_weights(checkpoints.restore_arrays(step)))
         checkpoints.close()
         sources.append({"run": run, "step": step, "dev_accuracy": metrics.get("accuracy")})
     params = mean_params(trees)

@@ -30,7 +30,7 @@ def main(argv=None) -> int:
         overrides.append(item[len("--config.") :])
 
     def run():
-        from jax_transformer.tasks.classification_config import ClassifyConfig, load_any_config
+        from jax_transformer.config import ClassifyConfig, load_any_config
 
         config = load_any_config(args.config, overrides)
         if isinstance(config, ClassifyConfig):  # fine-tuning a pretrained encoder for text classification
@@ -41,7 +41,7 @@ def main(argv=None) -> int:
                 f"done: dev accuracy {result['accuracy']:.4f} (step {result['step']}), run directory {config.directory}"
             )
             return
-        from jax_transformer.train.loop import train
+        from jax_transformer.tasks.translation import train
 
         result = train(config)
         print(f"done: step {result['step']}, run directory {config.directory}")

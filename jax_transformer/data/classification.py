@@ -8,6 +8,7 @@ with empty rows of weight 0), so `jit` compiles each shape once.
 
 import csv
 import gzip
+import hashlib
 import json
 import os
 import sys
@@ -15,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from jax_transformer.config import UserError
-from jax_transformer.tasks.classification_config import ClassifyDataConfig
+from jax_transformer.config import ClassifyDataConfig, UserError
+from jax_transformer.data.batching import assign_batches, plan_buckets
 
 csv.field_size_limit(1 << 24)
 
@@ -145,31 +146,21 @@ def load_dataset(path: str, cfg: ClassifyDataConfig, labels, tokenizer, limit: i
     return Dataset(ids, label_ids, texts), truncated
 
 
-def bucket_length(length: int, step: int, max_len: int) -> int:
-    return min(-(-length // step) * step, max_len)
-
-
 def make_batches(ids, labels, batch_size, step, max_len, pad_id, rng=None) -> list[dict]:
-    """Batches {ids (batch_size, L) int32, labels, weights (1 real / 0 padding row), index} with L a multiple of
-    `step` (<= max_len). Shuffled within and across length buckets when `rng` is given; in order otherwise."""
-    lengths = np.array([bucket_length(len(x), step, max_len) for x in ids])
+    """Batches {ids (batch_size, L) int32, labels, weights (1 real / 0 padding row), index (-1 for padding rows)}
+    with L a multiple of `step` (<= max_len), planned by the shared length bucketing (`batching.plan_buckets` with
+    fixed rows). Shuffled within and across buckets when `rng` is given; in length order otherwise."""
+    lengths = np.array([(len(x), 0) for x in ids], np.int64).reshape(-1, 2)
+    buckets = plan_buckets(lengths, 0, step, min_batches=1, rows=batch_size, max_len=max_len)
     batches = []
-    for length in np.unique(lengths):
-        members = np.flatnonzero(lengths == length)
-        if rng is not None:
-            members = rng.permutation(members)
-        for start in range(0, len(members), batch_size):
-            chunk = members[start : start + batch_size]
-            batch_ids = np.full((batch_size, length), pad_id, np.int32)
-            for row, i in enumerate(chunk):
-                batch_ids[row, : len(ids[i])] = ids[i]
-            weights = np.zeros(batch_size, np.float32)
-            weights[: len(chunk)] = 1.0
-            batch_labels = np.zeros(batch_size, np.int32)
-            batch_labels[: len(chunk)] = labels[chunk]
-            index = np.full(batch_size, -1, np.int64)
-            index[: len(chunk)] = chunk
-            batches.append({"ids": batch_ids, "labels": batch_labels, "weights": weights, "index": index})
+    for position, index in assign_batches(buckets, rng):
+        real = index >= 0
+        batch_ids = np.full((batch_size, buckets[position].src_len), pad_id, np.int32)
+        for row, i in enumerate(index[real]):
+            batch_ids[row, : len(ids[i])] = ids[i]
+        batch_labels = np.zeros(batch_size, np.int32)
+        batch_labels[real] = labels[index[real]]
+        batches.append({"ids": batch_ids, "labels": batch_labels, "weights": real.astype(np.float32), "index": index})
     if rng is not None:
         batches = [batches[i] for i in rng.permutation(len(batches))]
     return batches
@@ -183,3 +174,49 @@ def padding_stats(batches: list[dict], pad_id: int) -> dict:
         "shapes": len({b["ids"].shape for b in batches}),
         "real_tokens": real / max(total, 1),
     }
+
+
+class ClassificationBatches:
+    """Endless training batches of labelled examples, epoch after epoch, each epoch shuffled by
+    `default_rng([seed, epoch])`: a pure function of (seed, epoch), so `state()` / `restore()` continue an interrupted
+    run with exactly the batches it would have seen (the engine saves the state with every checkpoint)."""
+
+    def __init__(self, dataset: "Dataset", batch_size: int, step: int, max_len: int, pad_id: int, seed: int = 0):
+        self.dataset, self.seed = dataset, seed
+        self._make = lambda rng: make_batches(dataset.ids, dataset.labels, batch_size, step, max_len, pad_id, rng)
+        self.num_batches_per_epoch = len(self._make(None))
+        settings = [batch_size, step, max_len, pad_id, seed, len(dataset.ids)]
+        digest = hashlib.sha256(json.dumps(settings).encode() + np.asarray(dataset.labels).tobytes())
+        for ids in dataset.ids:
+            digest.update(np.asarray(ids, np.int32).tobytes())
+        self.fingerprint = digest.hexdigest()[:16]
+        self.epoch, self.index = 0, 0
+        self._cached: tuple[int, list] | None = None
+
+    def __len__(self) -> int:
+        return self.num_batches_per_epoch
+
+    def _epoch(self, epoch: int) -> list[dict]:
+        if self._cached is None or self._cached[0] != epoch:
+            self._cached = (epoch, self._make(np.random.default_rng([self.seed % 2**32, epoch])))
+        return self._cached[1]
+
+    def __iter__(self):
+        while True:
+            batches = self._epoch(self.epoch)
+            while self.index < len(batches):
+                batch = batches[self.index]
+                self.index += 1
+                yield {k: batch[k] for k in ("ids", "labels", "weights")}
+            self.epoch, self.index = self.epoch + 1, 0
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index, "fingerprint": self.fingerprint}
+
+    def restore(self, state: dict) -> None:
+        if state.get("fingerprint") != self.fingerprint:
+            raise UserError(
+                "the training data or batching settings (batch_size, max_len, length_bucket_step, seed) differ from "
+                "the run being resumed; fix: resume with the original data and config, or start a new run"
+            )
+        self.epoch, self.index = int(state["epoch"]), min(int(state["index"]), self.num_batches_per_epoch)

@@ -25,7 +25,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jax_transformer.config import DataConfig, UserError
-from jax_transformer.data.readers import MAX_LINE_CHARS, _field, _split_files, read_local_pairs  # noqa: F401
+from jax_transformer.data.batching import Bucket, assign_batches, plan_buckets
+from jax_transformer.data.readers import MAX_LINE_CHARS, read_local_pairs, record_field, split_files  # noqa: F401
 from jax_transformer.data.tokenizer import BOS_ID, PAD_ID, Tokenizer, train_tokenizer
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ class LocalParallelText(tfds.core.GeneratorBasedBuilder, skip_registration=True)
 
     def __init__(self, *, cfg: DataConfig, split: str, data_dir: str):
         self._cfg, self._split = cfg, split
-        self._files = _split_files(cfg, split)
+        self._files = split_files(cfg, split)
         self.tfds_split = re.sub(r"\W", "_", split)
         key = [_READER_VERSION, cfg.format, cfg.src_field or cfg.src_lang, cfg.tgt_field or cfg.tgt_lang]
         for path in self._files:
@@ -164,7 +165,8 @@ def _load_catalog(cfg: DataConfig, split: str, data_dir: str | None) -> list[tup
     pairs, skipped = [], 0
     for i, example in enumerate(_read_all(source)):
         where = f"TFDS {name} split {split} example {i}"
-        source_text, target_text = _field(example, src_key, where).strip(), _field(example, tgt_key, where).strip()
+        source_text = record_field(example, src_key, where).strip()
+        target_text = record_field(example, tgt_key, where).strip()
         if source_text and target_text:
             pairs.append((source_text, target_text))
         else:
@@ -253,62 +255,7 @@ def encode_examples(
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class _Bucket:
-    src_len: int  # padded lengths: the batch shape is (rows, src_len) and (rows, tgt_len)
-    tgt_len: int
-    rows: int
-    members: np.ndarray  # examples whose rounded lengths are exactly this shape
-    num_batches: int
-    spill_to: int | None  # bucket that takes the examples that do not fill whole batches here (None: pad rows)
-
-
-def _plan(lengths: np.ndarray, max_tokens: int, step: int, min_batches: int, batch_multiple: int) -> list[_Bucket]:
-    """Group examples by padded (source, target) length, fixing each shape's row count and number of batches.
-
-    Buckets are visited shortest first; the examples left over after a bucket's whole batches (or all of them, when it
-    would make fewer than `min_batches` batches) move on to the smallest longer bucket that fits both sides. So only
-    the longest buckets ever pad whole rows, and rare lengths do not each cost a jit compilation. The plan depends on
-    the lengths only, so every epoch has the same shapes and batch count; only which examples go where changes.
-    """
-    padded = -(-lengths // step) * step  # (n, 2) rounded up to a multiple of step
-    keys, inverse = np.unique(padded, axis=0, return_inverse=True)
-    inverse = inverse.ravel()
-    members = np.split(np.argsort(inverse, kind="stable"), np.cumsum(np.bincount(inverse))[:-1])
-    order = np.lexsort((keys[:, 1], keys[:, 0], keys.sum(axis=1)))  # shortest (source + target) first
-    keys, members = keys[order], [members[k] for k in order]
-    counts = [len(m) for m in members]
-    buckets = []
-    for k, (src_len, tgt_len) in enumerate(keys.tolist()):
-        rows = max(batch_multiple, max_tokens // max(src_len, tgt_len) // batch_multiple * batch_multiple)
-        fits = (keys[k + 1 :] >= keys[k]).all(axis=1)  # later buckets holding both sides; the first is the smallest
-        spill_to = k + 1 + int(fits.argmax()) if fits.any() else None
-        if spill_to is None:
-            num_batches = -(-counts[k] // rows)
-        else:
-            num_batches = counts[k] // rows if counts[k] // rows >= min_batches else 0
-            counts[spill_to] += counts[k] - num_batches * rows
-        buckets.append(_Bucket(src_len, tgt_len, rows, members[k], num_batches, spill_to))
-    return buckets
-
-
-def _assign(buckets: list[_Bucket], rng: np.random.Generator | None) -> list[tuple[int, np.ndarray]]:
-    """(bucket, example indices with -1 for padding rows) of every batch of one epoch, shuffled within buckets."""
-    carried: list[list[np.ndarray]] = [[] for _ in buckets]
-    batches = []
-    for position, bucket in enumerate(buckets):
-        pool = np.concatenate([bucket.members, *carried[position]])
-        if rng is not None:
-            pool = rng.permutation(pool)
-        if bucket.spill_to is not None:
-            carried[bucket.spill_to].append(pool[bucket.num_batches * bucket.rows :])
-        for b in range(bucket.num_batches):
-            rows = pool[b * bucket.rows : (b + 1) * bucket.rows]
-            batches.append((position, np.pad(rows, (0, bucket.rows - len(rows)), constant_values=-1)))
-    return batches
-
-
-def _make_batch(examples: Sequence[Example], indices: np.ndarray, bucket: _Bucket) -> dict[str, np.ndarray]:
+def _make_batch(examples: Sequence[Example], indices: np.ndarray, bucket: Bucket) -> dict[str, np.ndarray]:
     """src (rows, S); tgt_in = BOS + target (rows, T), the decoder input; tgt_out = target + EOS (rows, T), the
     labels. Padding is PAD_ID (0); the model derives its padding masks from it."""
     src = np.full((len(indices), bucket.src_len), PAD_ID, np.int32)
@@ -355,7 +302,7 @@ class BatchIterator:
             raise UserError("no training examples left to batch; fix: check the data, or raise data.max_len")
         self.examples, self.seed, self.shuffle = examples, seed, shuffle
         lengths = _lengths(examples)
-        self._buckets = _plan(lengths, max_tokens, length_bucket_step, min_bucket_batches, batch_multiple)
+        self._buckets = plan_buckets(lengths, max_tokens, length_bucket_step, min_bucket_batches, batch_multiple)
         slots = sum(b.num_batches * b.rows * (b.src_len + b.tgt_len) for b in self._buckets)
         self.padding_efficiency = float(lengths.sum() / slots)  # real tokens / padded slots, source + target
         settings = [max_tokens, length_bucket_step, seed, shuffle, min_bucket_batches, batch_multiple]
@@ -384,10 +331,10 @@ class BatchIterator:
             "padding_efficiency": round(self.padding_efficiency, 4),
         }
 
-    def _epoch_plan(self, epoch: int) -> list[tuple[int, np.ndarray]]:
+    def _epochplan_buckets(self, epoch: int) -> list[tuple[int, np.ndarray]]:
         if self._cached is None or self._cached[0] != epoch:
             rng = np.random.default_rng([self.seed % 2**32, epoch]) if self.shuffle else None  # seeds must be >= 0
-            plan = _assign(self._buckets, rng)
+            plan = assign_batches(self._buckets, rng)
             if rng is not None:
                 plan = [plan[i] for i in rng.permutation(len(plan))]
             self._cached = (epoch, plan)
@@ -395,12 +342,12 @@ class BatchIterator:
 
     def epoch_batches(self, epoch: int, start: int = 0) -> Iterator[dict[str, np.ndarray]]:
         """The batches of `epoch` from batch `start` on, in order (the same every time)."""
-        for position, indices in self._epoch_plan(epoch)[start:]:
+        for position, indices in self._epochplan_buckets(epoch)[start:]:
             yield _make_batch(self.examples, indices, self._buckets[position])
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         while True:
-            plan = self._epoch_plan(self.epoch)
+            plan = self._epochplan_buckets(self.epoch)
             while self.index < len(plan):
                 position, indices = plan[self.index]
                 self.index += 1
@@ -438,6 +385,6 @@ def eval_batches(
     just 'src'. Nothing is dropped, whatever its length."""
     if not examples:
         return
-    buckets = _plan(_lengths(examples), max_tokens, length_bucket_step, min_bucket_batches, batch_multiple)
-    for position, indices in _assign(buckets, rng=None):
+    buckets = plan_buckets(_lengths(examples), max_tokens, length_bucket_step, min_bucket_batches, batch_multiple)
+    for position, indices in assign_batches(buckets, rng=None):
         yield _make_batch(examples, indices, buckets[position]), indices

@@ -65,7 +65,7 @@ def _checked(text: str, path: str, line: int) -> str:
     return text
 
 
-def _field(record: dict, key: str, where: str):
+def record_field(record: dict, key: str, where: str):
     """record[key], where a dotted key reaches into nested objects ('translation.en'); bytes are decoded."""
     value = record.get(key) if isinstance(record, dict) else None
     if value is None and "." in key:
@@ -83,7 +83,7 @@ def _field(record: dict, key: str, where: str):
     return value
 
 
-def _split_files(cfg: DataConfig, split: str) -> list[str]:
+def split_files(cfg: DataConfig, split: str) -> list[str]:
     if cfg.format == "files":
         return [_find_file(cfg.path, f"{split}.{cfg.src_lang}"), _find_file(cfg.path, f"{split}.{cfg.tgt_lang}")]
     return [_find_file(cfg.path, f"{split}.{cfg.format}")]
@@ -91,7 +91,7 @@ def _split_files(cfg: DataConfig, split: str) -> list[str]:
 
 def read_local_pairs(cfg: DataConfig, split: str) -> list[tuple[str, str]]:
     """Read and validate one split of local files (format files/tsv/jsonl) without TFDS; the builder calls this."""
-    files = _split_files(cfg, split)
+    files = split_files(cfg, split)
     keys = (cfg.src_field or cfg.src_lang, cfg.tgt_field or cfg.tgt_lang)
     pairs = {"files": _text_pairs, "tsv": _tsv_pairs, "jsonl": _jsonl_pairs}[cfg.format](files, keys)
     if not pairs:
@@ -148,7 +148,7 @@ def _jsonl_pairs(files: list[str], keys: tuple[str, str]) -> list[tuple[str, str
             record = json.loads(line)
         except json.JSONDecodeError as e:
             raise UserError(f"{path}:{i}: invalid JSON ({e.msg}, column {e.colno}); fix: one object per line") from None
-        pairs.append(tuple(_checked(_field(record, key, f"{path}:{i}"), path, i) for key in keys))
+        pairs.append(tuple(_checked(record_field(record, key, f"{path}:{i}"), path, i) for key in keys))
     return pairs
 
 
@@ -158,7 +158,7 @@ def read_sources_and_references(cfg: DataConfig, split: str) -> tuple[list[str],
     if not cfg.references_field:
         pairs = read_local_pairs(cfg, split)
         return [source for source, _ in pairs], [[target] for _, target in pairs]
-    path = _split_files(cfg, split)[0]
+    path = split_files(cfg, split)[0]
     sources, references = [], []
     for i, line in enumerate(_read_lines(path), 1):
         where = f"{path}:{i}"
@@ -172,7 +172,7 @@ def read_sources_and_references(cfg: DataConfig, split: str) -> tuple[list[str],
                 f"{where}: field {cfg.references_field!r} is not a non-empty list of texts; fix: set "
                 "data.references_field to such a field, or to '' to score against the target field"
             )
-        sources.append(_checked(_field(record, cfg.src_field or cfg.src_lang, where), path, i))
+        sources.append(_checked(record_field(record, cfg.src_field or cfg.src_lang, where), path, i))
         references.append([r.strip() for r in refs])
     if not sources:
         raise UserError(f"{path} has no examples; fix: point data.path at a folder with the {split} split")

@@ -1,8 +1,9 @@
 """Fine-tuning a pretrained BERT-architecture encoder for text classification, evaluating it, and predicting.
 
-`train_classifier(config)`: pretrained weights (`bert.py`) -> `EncoderClassifier` -> AdamW with linear warmup and
-linear decay, gradient clipping, optional bf16 -> dev accuracy every `eval_every` updates -> orbax checkpoints (the
-latest and the best by dev accuracy) -> a final report of the best checkpoint (accuracy, macro-F1, confusion matrix
+`train_classifier(config)`: pretrained weights (`interop/bert.py`) -> `EncoderClassifier` -> the engine's loop
+(`train.loop.fit`: AdamW with linear warmup and linear decay, gradient clipping, optional bf16, the device mesh,
+gradient accumulation, exact resume) -> dev accuracy every `eval_every` updates -> orbax checkpoints (the latest and
+the best by dev accuracy) -> a final report of the best checkpoint (accuracy, macro-F1, confusion matrix
 as JSON and PNG). The run directory holds config.json (resolved, `task: classification`), labels.json, model.json
 (the encoder's `ModelConfig`), tokenizer/ (the pretrained model's own tokenizer files), checkpoints/, metrics.jsonl,
 eval.json and confusion_matrix.png. `Classifier.load(run_dir)` predicts labels and probabilities from it.
@@ -11,7 +12,6 @@ eval.json and confusion_matrix.png. `Classifier.load(run_dir)` predicts labels a
 import dataclasses
 import json
 import os
-import sys
 import time
 
 import jax
@@ -19,21 +19,23 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from tqdm import tqdm
 
-from jax_transformer.config import ModelConfig, UserError
+from jax_transformer.config import (
+    ClassifyConfig,
+    ClassifyTrainConfig,
+    ModelConfig,
+    TrainConfig,
+    UserError,
+    load_classify_config,
+)
 from jax_transformer.data import classification as cdata
 from jax_transformer.interop import bert
 from jax_transformer.model.transformer import EncoderClassifier
-from jax_transformer.tasks.classification_config import ClassifyConfig, ClassifyTrainConfig, load_classify_config
+from jax_transformer.train import sharding
 from jax_transformer.train.checkpoint import Checkpointer
-from jax_transformer.train.run_log import RunLog
-from jax_transformer.train.sharding import path_name
-from jax_transformer.train.steps import _per_module_key
-
-
-def _say(message: str) -> None:
-    tqdm.write(message, file=sys.stderr)
+from jax_transformer.train.loop import fit, say
+from jax_transformer.train.optimizer import layer_lr_scales, learning_rate_schedule, make_optimizer
+from jax_transformer.train.steps import Steps, reseed_dropout
 
 
 def load_tokenizer(name_or_dir: str):
@@ -46,57 +48,6 @@ def load_tokenizer(name_or_dir: str):
         raise UserError(f"could not load the tokenizer of {name_or_dir} ({e})") from None
 
 
-def make_optimizer(
-    cfg: ClassifyTrainConfig, total_steps: int, lr_scales=None
-) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """AdamW (decay on matrices only) with linear warmup to `learning_rate` then linear decay to 0, after clipping.
-
-    `lr_scales` (a tree like the parameters, e.g. from `layer_lr_scales`) multiplies each parameter's update, i.e. its
-    learning rate (the decoupled weight decay included, as in ELECTRA's layer-wise decay).
-    """
-    warmup = int(round(cfg.warmup_ratio * total_steps))
-    schedule = optax.join_schedules(
-        [optax.linear_schedule(0.0, cfg.learning_rate, max(warmup, 1)),
-         optax.linear_schedule(cfg.learning_rate, 0.0, max(total_steps - warmup, 1))],
-        [max(warmup, 1)],
-    )  # fmt: skip
-    decay_matrices = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
-    chain = [optax.adamw(
-        schedule, cfg.adam_b1, cfg.adam_b2, cfg.adam_eps, weight_decay=cfg.weight_decay, mask=decay_matrices
-    )]  # fmt: skip
-    if cfg.clip_grad_norm > 0:
-        chain.insert(0, optax.clip_by_global_norm(cfg.clip_grad_norm))
-    if lr_scales is not None:
-        chain.append(optax.GradientTransformation(
-            lambda params: optax.EmptyState(),
-            lambda updates, state, params=None: (jax.tree.map(lambda u, c: u * c, updates, lr_scales), state),
-        ))  # fmt: skip
-    return optax.chain(*chain), schedule
-
-
-def layer_lr_scales(params, decay: float, num_layers: int, freeze_token_embeddings: bool = False):
-    """Learning-rate multipliers by depth: the head (and anything above the encoder layers) 1, encoder layer i of
-    `num_layers` (0 = lowest) decay^(num_layers - i), the embeddings (and their LayerNorm) decay^(num_layers + 1);
-    with `freeze_token_embeddings` the token (word) embedding table 0. None when every parameter learns at the full
-    rate."""
-    if decay >= 1 and not freeze_token_embeddings:
-        return None
-
-    def scale(path, _):
-        names = path_name(path).split("/")
-        if freeze_token_embeddings and names[0] == "token_embedding":
-            return 0.0
-        if names[:2] == ["encoder", "layers"]:
-            depth = int(names[2]) + 1
-        elif "embedding" in names[0] or (names[0] == "encoder" and "embedding" in names[1]):
-            depth = 0  # token / token-type / position embeddings, embedding LayerNorm
-        else:
-            depth = num_layers + 1
-        return decay ** (num_layers + 1 - depth)
-
-    return jax.tree_util.tree_map_with_path(scale, params)
-
-
 def build_model(model_config: ModelConfig, num_labels: int, config: ClassifyConfig, seed: int = 0):
     return EncoderClassifier(
         model_config, num_labels, pooling=config.pooling, classifier_dropout=config.classifier_dropout,
@@ -104,78 +55,68 @@ def build_model(model_config: ModelConfig, num_labels: int, config: ClassifyConf
     )  # fmt: skip
 
 
-class ClassifierSteps:
-    """Jitted train / predict steps over (params, optimizer state) pytrees; one compile per batch shape."""
-
-    def __init__(self, model: EncoderClassifier, tx=None, schedule=None, seed: int = 0, ema_decay: float = 0.0,
-                 rdrop_alpha: float = 0.0):  # fmt: skip
-        self.tx, self.schedule, self.ema_decay, self.rdrop_alpha = tx, schedule, ema_decay, rdrop_alpha
-        self.base_key = jax.random.key(seed)
-        model.train()
-        self.train_graphdef, self.params, self.rng_state = nnx.split(model, nnx.Param, ...)
-        model.eval()
-        self.eval_graphdef, _, _ = nnx.split(model, nnx.Param, ...)
-        self.train_step = jax.jit(self._train_step, donate_argnums=0)
-        self.predict_step = jax.jit(self._predict)
-
-    def init_state(self) -> dict:
-        state = {"params": self.params, "opt_state": self.tx.init(self.params), "step": jnp.zeros((), jnp.int32)}
-        if self.ema_decay > 0:
-            state["ema"] = jax.tree.map(jnp.copy, self.params)
-        return state
-
-    @staticmethod
-    def eval_params(state: dict):
-        """The weights to evaluate and keep: the moving average when there is one, else the trained weights."""
-        return state.get("ema", state["params"])
-
-    def _train_step(self, state, batch):
-        key = jax.random.fold_in(self.base_key, state["step"])
-
-        def loss_fn(params):
-            model = nnx.merge(self.train_graphdef, params, jax.tree.map(jnp.asarray, self.rng_state))
-            nnx.reseed(model, dropout=key, policy=_per_module_key)
-            logits = model(batch["ids"])  # (batch, num_labels)
-            losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
-            if self.rdrop_alpha > 0:  # R-Drop: a second pass under other dropout masks, pulled towards the first
-                nnx.reseed(model, dropout=jax.random.fold_in(key, 1), policy=_per_module_key)
-                other = model(batch["ids"])
-                losses = 0.5 * (losses + optax.softmax_cross_entropy_with_integer_labels(other, batch["labels"]))
-                logp, logq = jax.nn.log_softmax(logits), jax.nn.log_softmax(other)
-                kl = optax.losses.kl_divergence_with_log_targets  # (log q, log p) -> KL(p || q)
-                losses = losses + self.rdrop_alpha * 0.5 * (kl(logq, logp) + kl(logp, logq))
-            weights = batch["weights"]
-            loss = jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1.0)
-            correct = jnp.sum((jnp.argmax(logits, -1) == batch["labels"]) * weights)
-            return loss, correct
-
-        (loss, correct), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-        updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
-        new_state = {
-            "params": optax.apply_updates(state["params"], updates),
-            "opt_state": opt_state,
-            "step": state["step"] + 1,
-        }
-        if "ema" in state:  # the decay ramps up over the first updates (as tf.train.ExponentialMovingAverage's)
-            step = state["step"].astype(jnp.float32)
-            decay = jnp.minimum(self.ema_decay, (1.0 + step) / (10.0 + step))
-            new_state["ema"] = jax.tree.map(lambda e, p: e + (1.0 - decay) * (p - e), state["ema"], new_state["params"])
-        metrics = {"loss": loss, "correct": correct, "examples": jnp.sum(batch["weights"]),
-                   "grad_norm": optax.global_norm(grads), "lr": self.schedule(state["step"])}  # fmt: skip
-        return new_state, metrics
-
-    def _predict(self, params, ids):  # (batch, len) -> class probabilities (batch, num_labels)
-        model = nnx.merge(self.eval_graphdef, params, jax.tree.map(jnp.asarray, self.rng_state))
-        return jax.nn.softmax(model(ids), axis=-1)
+def optimizer_config(tcfg: ClassifyTrainConfig, total_steps: int) -> TrainConfig:
+    """The engine's optimizer settings of a fine-tuning run: AdamW (decay on matrices only) with linear warmup over
+    `warmup_ratio` of the updates to `learning_rate`, then linear decay to 0, after global-norm clipping."""
+    return TrainConfig(
+        steps=total_steps, schedule="linear", learning_rate=tcfg.learning_rate,
+        warmup_steps=int(round(tcfg.warmup_ratio * total_steps)), adam_b1=tcfg.adam_b1, adam_b2=tcfg.adam_b2,
+        adam_eps=tcfg.adam_eps, weight_decay=tcfg.weight_decay, clip_grad_norm=tcfg.clip_grad_norm,
+    )  # fmt: skip
 
 
-def predict_probs(steps: ClassifierSteps, params, ids: list[np.ndarray], cfg, pad_id: int, batch_size: int):
-    """Class probabilities (n, num_labels) of token-id sequences, batched in the training bucket shapes."""
+def class_probabilities(model: EncoderClassifier, batch: dict) -> jax.Array:
+    """(batch, len) token ids -> (batch, num_labels) class probabilities."""
+    return jax.nn.softmax(model(batch["ids"]), axis=-1)
+
+
+def make_predict(model: EncoderClassifier):
+    """(predict, params): a jitted `predict(params, batch)` -> class probabilities of the model in eval mode, and
+    the model's parameters, for inference outside training."""
+    model.eval()
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    return jax.jit(lambda params, batch: class_probabilities(nnx.merge(graphdef, params, rest), batch)), params
+
+
+def classification_steps(config: ClassifyConfig, model: EncoderClassifier, total_steps: int, mesh=None) -> Steps:
+    """The engine's steps for a classifier: cross-entropy (optionally R-Drop), the gradient averaged over examples,
+    layer-wise learning rates / frozen token embeddings and the weight average (EMA) as options."""
+    tcfg = config.train
+    rdrop_alpha = tcfg.rdrop_alpha
+
+    def loss_fn(model, batch, key):
+        logits = model(batch["ids"])  # (batch, num_labels)
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
+        if rdrop_alpha > 0:  # R-Drop: a second pass under other dropout masks, pulled towards the first
+            reseed_dropout(model, jax.random.fold_in(key, 1))
+            other = model(batch["ids"])
+            losses = 0.5 * (losses + optax.softmax_cross_entropy_with_integer_labels(other, batch["labels"]))
+            logp, logq = jax.nn.log_softmax(logits), jax.nn.log_softmax(other)
+            kl = optax.losses.kl_divergence_with_log_targets  # (log q, log p) -> KL(p || q)
+            losses = losses + rdrop_alpha * 0.5 * (kl(logq, logp) + kl(logp, logq))
+        weights = batch["weights"]  # 0 for padding rows
+        loss = jnp.sum(losses * weights)
+        correct = jnp.sum((jnp.argmax(logits, -1) == batch["labels"]) * weights)
+        return loss, {"loss": loss, "correct": correct, "examples": jnp.sum(weights)}
+
+    opt = optimizer_config(tcfg, total_steps)
+    lr_scales = layer_lr_scales(nnx.state(model, nnx.Param), tcfg.layer_lr_decay, model.config.num_encoder_layers,
+                                tcfg.freeze_token_embeddings)  # fmt: skip
+    tx = make_optimizer(opt, model.config.d_model, lr_scales)
+    return Steps(model, loss_fn, tx, learning_rate_schedule(opt, model.config.d_model), seed=config.seed,
+                 denominator="examples", eval_fn=class_probabilities, mesh_config=config.mesh, mesh=mesh,
+                 ema_decay=tcfg.ema_decay)  # fmt: skip
+
+
+def predict_probs(predict, params, ids: list[np.ndarray], cfg, pad_id: int, batch_size: int, shard=None):
+    """Class probabilities (n, num_labels) of token-id sequences, batched in the training bucket shapes.
+    `predict(params, batch)` is a jitted `class_probabilities`; `shard` puts a batch on its mesh."""
     n = len(ids)
     out = None
     dummy = np.zeros(n, np.int32)
     for batch in cdata.make_batches(ids, dummy, batch_size, cfg.length_bucket_step, cfg.max_len, pad_id):
-        probs = np.asarray(steps.predict_step(params, batch["ids"]))
+        inputs = {"ids": batch["ids"]}
+        probs = np.asarray(predict(params, shard(inputs) if shard else inputs))[: len(batch["ids"])]
         if out is None:
             out = np.zeros((n, probs.shape[1]), np.float32)
         real = batch["index"] >= 0
@@ -212,135 +153,137 @@ def best_checkpoint_step(checkpoints: Checkpointer) -> int | None:
     return best if best is not None else checkpoints.latest_step()
 
 
-def train_classifier(config: ClassifyConfig) -> dict:
-    """Fine-tune as `config` says in `config.directory`; returns the best checkpoint's dev report."""
-    started = time.time()
-    cfg, tcfg = config.data, config.train
-    run_dir = config.directory
-    ckpt_dir = os.path.join(run_dir, "checkpoints")
-    if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
-        raise UserError(f"{run_dir} already holds a trained run; fix: pick another --config.name or delete it")
-    model_dir = bert.resolve_pretrained(config.pretrained)
-    tokenizer = load_tokenizer(model_dir)
-    train_path, valid_path = (os.path.join(cfg.path, f) for f in (cfg.train_file, cfg.valid_file))
-    labels = cfg.label_list
-    if not labels:  # resolved from the training file, then saved with the model
-        labels = cdata.infer_labels(cdata.read_rows(train_path, cfg, cfg.max_train_examples))
-        if len(labels) < 2:
-            raise UserError(f"{train_path}: found {len(labels)} distinct label(s) in {cfg.label_field!r}; need >= 2")
-        config = dataclasses.replace(config, data=dataclasses.replace(cfg, labels=",".join(labels)))
-        cfg = config.data
-    train_set, train_truncated = cdata.load_dataset(train_path, cfg, labels, tokenizer, cfg.max_train_examples)
-    valid_set, _ = cdata.load_dataset(valid_path, cfg, labels, tokenizer, cfg.max_valid_examples)
-    dtype = "bfloat16" if tcfg.bf16 else "float32"
-    model_config = bert.bert_model_config(model_dir, dtype=dtype)
-    if cfg.max_len > model_config.max_len:
-        raise UserError(f"data.max_len={cfg.max_len} exceeds the pretrained model's {model_config.max_len} positions")
-    pad_id = model_config.pad_id
+def checkpoint_weights(arrays: dict):
+    """The weights a classification checkpoint keeps for use: the moving average when the run kept one."""
+    return arrays.get("ema", arrays["params"])
 
-    os.makedirs(run_dir, exist_ok=True)
-    config.save(os.path.join(run_dir, "config.json"))
-    _write_json(os.path.join(run_dir, "labels.json"), {"labels": labels, "names": cfg.display_names})
-    _write_json(os.path.join(run_dir, "model.json"), dataclasses.asdict(model_config))
-    tokenizer.save_pretrained(os.path.join(run_dir, "tokenizer"))
 
-    model = build_model(model_config, len(labels), config, config.seed)
-    bert.load_bert_weights(model, model_dir)
-    rng = np.random.default_rng(config.seed)
-    epoch_batches = lambda: cdata.make_batches(
-        train_set.ids, train_set.labels, tcfg.batch_size, cfg.length_bucket_step, cfg.max_len, pad_id, rng
-    )
-    batches = epoch_batches()
-    total_steps = tcfg.steps or tcfg.epochs * len(batches)
-    stats = cdata.padding_stats(batches, pad_id)
-    _say(
-        f"data: {len(train_set.ids):,} training examples ({train_truncated:,} truncated to {cfg.max_len} tokens), "
-        f"{len(valid_set.ids):,} dev; labels {labels}; {stats['batches']:,} batches/epoch in {stats['shapes']} shapes, "
-        f"{stats['real_tokens']:.1%} real tokens"
-    )
-    lr_scales = layer_lr_scales(nnx.state(model, nnx.Param), tcfg.layer_lr_decay, model_config.num_encoder_layers,
-                                tcfg.freeze_token_embeddings)
-    tx, schedule = make_optimizer(tcfg, total_steps, lr_scales)
-    steps = ClassifierSteps(model, tx, schedule, config.seed, tcfg.ema_decay, tcfg.rdrop_alpha)
-    state = steps.init_state()
-    del model
-    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state["params"]))
-    _say(f"model: {config.pretrained} + {config.pooling}-pooled head, {num_params:,} parameters, {dtype}; "
-         f"{total_steps:,} updates of {tcfg.batch_size}"
-         + (f", layer-wise lr decay {tcfg.layer_lr_decay}" if tcfg.layer_lr_decay < 1 else "")
-         + (", token embeddings frozen" if tcfg.freeze_token_embeddings else "")
-         + (f", evaluating a weight average (EMA {tcfg.ema_decay})" if tcfg.ema_decay else "")
-         + (f", R-Drop alpha {tcfg.rdrop_alpha}" if tcfg.rdrop_alpha else "")
-         + f"; run directory {run_dir}")  # fmt: skip
+class ClassificationTask:
+    """What the engine's loop (`train.loop.fit`) needs of text classification: the pretrained encoder + head, the
+    labelled batches, the loss, dev evaluation and the final report of the best checkpoint."""
 
-    checkpoints = Checkpointer(ckpt_dir, keep=1, keep_best=True)
-    log = RunLog(run_dir)
-    progress = tqdm(total=total_steps, unit="step", dynamic_ncols=True, file=sys.stderr)
-    step, epoch, pending, best = 0, 0, [], None
+    def __init__(self, config: ClassifyConfig):
+        self.config = config
+        self.started = time.time()
 
-    def evaluate(params) -> dict:
-        probs = predict_probs(steps, params, valid_set.ids, cfg, pad_id, tcfg.batch_size)
-        return classification_report(valid_set.labels, probs.argmax(-1), len(labels))
+    def prepare(self) -> None:
+        config = self.config
+        cfg, tcfg = config.data, config.train
+        self.model_dir = bert.resolve_pretrained(config.pretrained)
+        self.tokenizer = load_tokenizer(self.model_dir)
+        self.train_path, self.valid_path = (os.path.join(cfg.path, f) for f in (cfg.train_file, cfg.valid_file))
+        labels = cfg.label_list
+        if not labels:  # resolved from the training file, then saved with the model
+            labels = cdata.infer_labels(cdata.read_rows(self.train_path, cfg, cfg.max_train_examples))
+            if len(labels) < 2:
+                raise UserError(
+                    f"{self.train_path}: found {len(labels)} distinct label(s) in {cfg.label_field!r}; need >= 2"
+                )
+            config = dataclasses.replace(config, data=dataclasses.replace(cfg, labels=",".join(labels)))
+            cfg = config.data
+        self.config, self.labels = config, labels
+        train_set, truncated = cdata.load_dataset(self.train_path, cfg, labels, self.tokenizer, cfg.max_train_examples)
+        self.valid_set, _ = cdata.load_dataset(self.valid_path, cfg, labels, self.tokenizer, cfg.max_valid_examples)
+        self.dtype = "bfloat16" if tcfg.bf16 else "float32"
+        self.model_config = bert.bert_model_config(self.model_dir, dtype=self.dtype)
+        if cfg.max_len > self.model_config.max_len:
+            raise UserError(
+                f"data.max_len={cfg.max_len} exceeds the pretrained model's {self.model_config.max_len} positions"
+            )
+        pad_id = self.model_config.pad_id
+        self.batches = cdata.ClassificationBatches(train_set, tcfg.batch_size, cfg.length_bucket_step, cfg.max_len,
+                                                   pad_id, config.seed)  # fmt: skip
+        updates_per_epoch = -(-len(self.batches) // tcfg.grad_accum_steps)
+        self.total_steps = tcfg.steps or tcfg.epochs * updates_per_epoch
+        stats = cdata.padding_stats(self.batches._epoch(0), pad_id)
+        say(
+            f"data: {len(train_set.ids):,} training examples ({truncated:,} truncated to {cfg.max_len} tokens), "
+            f"{len(self.valid_set.ids):,} dev; labels {labels}; {stats['batches']:,} batches/epoch in "
+            f"{stats['shapes']} shapes, {stats['real_tokens']:.1%} real tokens"
+        )
 
-    try:
-        while step < total_steps:
-            if not batches:
-                batches, epoch = epoch_batches(), epoch + 1
-            batch = batches.pop()
-            state, metrics = steps.train_step(state, {k: batch[k] for k in ("ids", "labels", "weights")})
-            step += 1
-            pending.append(metrics)
-            progress.update(1)
-            if step % tcfg.log_every == 0 or step == total_steps:
-                sums = jax.device_get(pending)
-                examples = max(sum(float(m["examples"]) for m in sums), 1.0)
-                last = {
-                    "loss": sum(float(m["loss"]) * float(m["examples"]) for m in sums) / examples,
-                    "accuracy": sum(float(m["correct"]) for m in sums) / examples,
-                    "lr": float(sums[-1]["lr"]), "grad_norm": float(sums[-1]["grad_norm"]), "epoch": epoch,
-                }  # fmt: skip
-                if not np.isfinite(last["loss"]):
-                    raise UserError(f"non-finite loss at step {step}; fix: lower train.learning_rate or turn off bf16")
-                log.write("train", step, last)
-                progress.set_postfix(loss=f"{last['loss']:.3f}", acc=f"{last['accuracy']:.3f}", lr=f"{last['lr']:.1e}")
-                if progress.disable:
-                    _say(f"step {step}: loss {last['loss']:.4f} train acc {last['accuracy']:.3f} lr {last['lr']:.2e}")
-                pending = []
-            if step % tcfg.eval_every == 0 or step == total_steps:
-                kept = {"params": steps.eval_params(state)}
-                report = evaluate(kept["params"])
-                scores = {"accuracy": report["accuracy"], "f1_macro": report["f1_macro"]}
-                if "ema" in state:  # what the weights themselves score, to see what the average adds
-                    scores["accuracy_without_ema"] = evaluate(state["params"])["accuracy"]
-                log.write("valid", step, scores)
-                best = scores["accuracy"] if best is None else max(best, scores["accuracy"])
-                _say(f"step {step} dev: accuracy {scores['accuracy']:.4f}, macro-F1 {scores['f1_macro']:.4f} "
-                     f"(best {best:.4f}); {time.time() - started:.0f}s")  # fmt: skip
-                checkpoints.save(step, kept, {"step": step, "metrics": scores}, metrics=scores)
-    finally:
-        progress.close()
-        log.close()
-    train_seconds = time.time() - started
-    best_step = best_checkpoint_step(checkpoints)
-    checkpoints.close()
-    classifier = Classifier.load(run_dir, step=best_step)
-    report = classifier.evaluate(valid_set)
-    report.update(step=best_step, steps=total_steps, wall_seconds=round(train_seconds, 1), dev_file=valid_path)
-    _write_json(os.path.join(run_dir, "eval.json"), report)
-    plot_path = os.path.join(run_dir, "confusion_matrix.png")
-    try:
-        from jax_transformer.viz import plot_confusion_matrix
+    def fixed_settings(self, config: ClassifyConfig) -> dict:
+        """What a resumed run may not change."""
+        return {"pretrained": config.pretrained, "pooling": config.pooling, "seed": config.seed,
+                "classifier_dropout": config.classifier_dropout, "data": config.data.__dict__}  # fmt: skip
 
-        plot_confusion_matrix(np.asarray(report["confusion_matrix"]), classifier.names, plot_path,
-                              title=f"{config.name} dev (step {best_step})")  # fmt: skip
-    except ImportError as e:  # matplotlib missing: the numbers are in eval.json
-        _say(f"no confusion-matrix plot ({e})")
-    _say(
-        f"best checkpoint step {best_step}: dev accuracy {report['accuracy']:.4f}, macro-F1 {report['f1_macro']:.4f}; "
-        f"confusion matrix {report['confusion_matrix']} ({plot_path}); training wall time {train_seconds:.0f}s"
-    )
-    return report
+    def adjustable_settings(self, config: ClassifyConfig) -> dict:
+        return {"train": config.train.__dict__}
 
+    def save_run_files(self) -> None:
+        run_dir, cfg = self.config.directory, self.config.data
+        _write_json(os.path.join(run_dir, "labels.json"), {"labels": self.labels, "names": cfg.display_names})
+        _write_json(os.path.join(run_dir, "model.json"), dataclasses.asdict(self.model_config))
+        self.tokenizer.save_pretrained(os.path.join(run_dir, "tokenizer"))
+
+    def build(self):
+        config = self.config
+        model = build_model(self.model_config, len(self.labels), config, config.seed)
+        bert.load_bert_weights(model, self.model_dir)
+        self.steps = classification_steps(config, model, self.total_steps)
+        return self.steps, nnx.state(model, nnx.Param)
+
+    def describe(self, num_params: int) -> str:
+        tcfg = self.config.train
+        return (f"model: {self.config.pretrained} + {self.config.pooling}-pooled head, {num_params:,} parameters, "
+                f"{self.dtype}; {self.total_steps:,} updates of {tcfg.batch_size * tcfg.grad_accum_steps}"
+                + (f", layer-wise lr decay {tcfg.layer_lr_decay}" if tcfg.layer_lr_decay < 1 else "")
+                + (", token embeddings frozen" if tcfg.freeze_token_embeddings else "")
+                + (f", evaluating a weight average (EMA {tcfg.ema_decay})" if tcfg.ema_decay else "")
+                + (f", R-Drop alpha {tcfg.rdrop_alpha}" if tcfg.rdrop_alpha else ""))  # fmt: skip
+
+    def real_tokens(self, batch) -> int:
+        return int((batch["ids"] != self.model_config.pad_id).sum())
+
+    def train_metrics(self, total: dict) -> dict:
+        examples = max(total["examples"], 1.0)
+        return {"loss": total["loss"] / examples, "accuracy": total["correct"] / examples}
+
+    def _report(self, params) -> dict:
+        cfg, tcfg = self.config.data, self.config.train
+        probs = predict_probs(self.steps.eval_step, params, self.valid_set.ids, cfg, self.model_config.pad_id,
+                              tcfg.batch_size, self.steps.shard_batch)  # fmt: skip
+        return classification_report(self.valid_set.labels, probs.argmax(-1), len(self.labels))
+
+    def evaluate(self, state: dict, step: int) -> dict:
+        report = self._report(self.steps.eval_params(state))
+        scores = {"accuracy": report["accuracy"], "f1_macro": report["f1_macro"]}
+        if "ema" in state:  # what the weights themselves score, to see what the average adds
+            scores["accuracy_without_ema"] = self._report(state["params"])["accuracy"]
+        return scores
+
+    def finish(self, result: dict, checkpoints: Checkpointer) -> dict:
+        """The best checkpoint's dev report, as eval.json and a confusion-matrix plot."""
+        config, run_dir = self.config, self.config.directory
+        train_seconds = time.time() - self.started
+        best_step = best_checkpoint_step(checkpoints)
+        classifier = Classifier.load(run_dir, step=best_step)
+        report = classifier.evaluate(self.valid_set)
+        report.update(step=best_step, steps=self.total_steps, wall_seconds=round(train_seconds, 1),
+                      dev_file=self.valid_path)  # fmt: skip
+        if not sharding.is_main_process():
+            return report
+        _write_json(os.path.join(run_dir, "eval.json"), report)
+        plot_path = os.path.join(run_dir, "confusion_matrix.png")
+        try:
+            from jax_transformer.viz import plot_confusion_matrix
+
+            plot_confusion_matrix(np.asarray(report["confusion_matrix"]), classifier.names, plot_path,
+                                  title=f"{config.name} dev (step {best_step})")  # fmt: skip
+        except ImportError as e:  # matplotlib missing: the numbers are in eval.json
+            say(f"no confusion-matrix plot ({e})")
+        say(
+            f"best checkpoint step {best_step}: dev accuracy {report['accuracy']:.4f}, macro-F1 "
+            f"{report['f1_macro']:.4f}; confusion matrix {report['confusion_matrix']} ({plot_path}); "
+            f"training wall time {train_seconds:.0f}s"
+        )
+        return report
+
+
+def train_classifier(config: ClassifyConfig, *, crash_at_step: int | None = None) -> dict:
+    """Fine-tune as `config` says in `config.directory` (or resume the run there); returns the best checkpoint's
+    dev report."""
+    return fit(ClassificationTask(config), crash_at_step=crash_at_step)
 
 class Classifier:
     """A fine-tuned run loaded for inference: tokenizer, labels, and the model's best (or a given) checkpoint."""
@@ -348,7 +291,7 @@ class Classifier:
     def __init__(self, config: ClassifyConfig, model: EncoderClassifier, tokenizer, labels, names):
         self.config, self.tokenizer, self.labels, self.names = config, tokenizer, labels, names
         self.pad_id = model.config.pad_id
-        self.steps = ClassifierSteps(model)
+        self.predict_batch, self.params = make_predict(model)
 
     @classmethod
     def load(cls, run_dir: str, step: int | None = None) -> "Classifier":
@@ -365,7 +308,7 @@ class Classifier:
             raise UserError(f"{run_dir} has no checkpoint yet")
         params = nnx.state(model, nnx.Param)
         try:
-            nnx.replace_by_pure_dict(params, checkpoints.restore_arrays(step)["params"])
+            nnx.replace_by_pure_dict(params, checkpoint_weights(checkpoints.restore_arrays(step)))
         except (KeyError, ValueError, TypeError) as e:
             raise UserError(f"checkpoint {step} of {run_dir} does not fit its model.json ({e})") from None
         checkpoints.close()
@@ -378,7 +321,7 @@ class Classifier:
         """(n, num_labels) class probabilities of raw texts."""
         ids, _ = cdata.encode_texts(self.tokenizer, [t.strip() for t in texts], self.config.data.max_len)
         cfg = self.config.data
-        return predict_probs(self.steps, self.steps.params, ids, cfg, self.pad_id, self.config.train.batch_size)
+        return predict_probs(self.predict_batch, self.params, ids, cfg, self.pad_id, self.config.train.batch_size)
 
     def predict(self, texts: list[str]) -> list[tuple[str, float]]:
         """(label name, its probability) per text."""
@@ -386,6 +329,6 @@ class Classifier:
         return [(self.names[i], float(p[i])) for p, i in zip(probs, probs.argmax(-1), strict=True)]
 
     def evaluate(self, dataset: cdata.Dataset) -> dict:
-        probs = predict_probs(self.steps, self.steps.params, dataset.ids, self.config.data, self.pad_id,
+        probs = predict_probs(self.predict_batch, self.params, dataset.ids, self.config.data, self.pad_id,
                               self.config.train.batch_size)  # fmt: skip
         return {**classification_report(dataset.labels, probs.argmax(-1), len(self.labels)), "labels": self.names}

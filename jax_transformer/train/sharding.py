@@ -25,7 +25,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jax_transformer.config import Config, ConfigError, MeshConfig
+from jax_transformer.config import ConfigError, MeshConfig
 
 DATA, MODEL = "data", "model"
 
@@ -154,16 +154,16 @@ def partition_spec(name: str, shape: tuple, mesh: Mesh, fsdp: bool) -> P:
     return P(*spec)
 
 
-def state_shardings(state, mesh: Mesh, config: Config):
+def state_shardings(state, mesh: Mesh, fsdp: bool, num_heads: int):
     """NamedShardings for every array of `state` (parameters, or the whole training state with the optimizer's
     moments): a pytree of the same structure. `state` may hold arrays or `jax.ShapeDtypeStruct`s."""
     _require(
-        config.model.num_heads % mesh.shape[MODEL] == 0,
-        f"mesh.model={mesh.shape[MODEL]} must divide model.num_heads={config.model.num_heads} (whole heads per device)",
+        num_heads % mesh.shape[MODEL] == 0,
+        f"mesh.model={mesh.shape[MODEL]} must divide model.num_heads={num_heads} (whole heads per device)",
     )
 
     def one(path, leaf):
-        return NamedSharding(mesh, partition_spec(path_name(path), leaf.shape, mesh, config.mesh.fsdp))
+        return NamedSharding(mesh, partition_spec(path_name(path), leaf.shape, mesh, fsdp))
 
     return jax.tree.map_with_path(one, state)
 
