@@ -95,7 +95,7 @@ def test_paper_presets_and_bad_preset():
     [
         (lambda: TrainConfig(label_smoothing=1.0), "train.label_smoothing must be in"),
         (lambda: TrainConfig(schedule="noam", warmup_steps=0), "train.schedule='noam' needs train.warmup_steps > 0"),
-        (lambda: TrainConfig(schedule="linear"), "train.schedule='linear'"),
+        (lambda: TrainConfig(schedule="exponential"), "train.schedule='exponential'"),
         (lambda: TrainConfig(steps=0), "train.steps must be positive"),
         (lambda: DataConfig(max_tokens=64, max_len=128), "data.max_tokens=64 must be >= data.max_len=128"),
         (lambda: DataConfig(format="tfds"), "data.format='tfds' needs data.tfds_name"),
