@@ -11,8 +11,8 @@ future positions blank) and cross.png (target x source); with --layer L they are
 is a grid of heatmaps, one row per layer and one column per head (both counted from 0); a heatmap row is one query
 token, its columns the keys it attends to. The source axis is the sentencepiece pieces of --src plus </s>; the target
 axis is the decoder input: <s> and the pieces of the target (--tgt, else the model's own greedy translation), so the
-row of each token is the query that predicts the token after it. The weights come from the model's own modules run
-in eval mode (`attention_maps`), checked to reproduce the model's logits.
+row of each token is the query that predicts the token after it. The weights are the ones the model's attention
+modules sow (`nnx.Intermediate`) during its own forward pass in eval mode (`attention_maps`).
 
 Library functions return the arrays they plot (for tests and notebooks). Figures are drawn on matplotlib's Agg canvas
 without pyplot: nothing opens a window or changes the global backend.
@@ -36,7 +36,7 @@ _ATTENTION_TITLES = {
 DPI = 110
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Attention weights from the model's own modules
+# Attention weights sown by the model's own forward pass
 # ---------------------------------------------------------------------------------------------------------------------
 
 
@@ -51,65 +51,40 @@ def _one_row(ids, name: str):
     return ids
 
 
-def run_with_attention(model, src_ids, tgt_ids, check: bool = True) -> tuple[dict, np.ndarray]:
-    """The teacher-forced forward pass of `model` (a Transformer) in eval mode on one sentence pair, recording every
-    attention module's weights.
+def run_with_attention(model, src_ids, tgt_ids) -> tuple[dict, np.ndarray]:
+    """The teacher-forced forward pass `model(src, tgt)` of `model` (a Transformer) in eval mode on one sentence pair,
+    with every attention module's weights captured as the `nnx.Intermediate` it sows.
 
     src_ids: (src_len,) or (1, src_len) source ids (EOS included, as the model was trained); tgt_ids: (tgt_len,) or
     (1, tgt_len) decoder input ids (BOS first). Returns ({'encoder_self': (layers, heads, S, S), 'decoder_self':
     (layers, heads, T, T), 'cross': (layers, heads, T, S)} as fp32 numpy, logits (T, tgt_vocab)).
 
-    The walk calls the model's own modules (embed, embed_positions, each layer's residual with its self_attn /
-    cross_attn / feed_forward, final_norm, logits) in the order Transformer.__call__ does, on an eval-mode copy (the
-    caller's model keeps its mode). With `check`, it also runs `model(src, tgt)` and raises RuntimeError unless the
-    logits agree, so the weights returned are the ones the model uses.
+    It runs an eval-mode copy with `MultiHeadAttention.sow_weights` set (the caller's model keeps its mode and sows
+    nothing) under `nnx.capture`, so the weights are those of the model's own forward pass.
     """
     from flax import nnx
 
-    from jax_transformer.model.transformer import causal_mask, padding_mask
+    from jax_transformer.model.transformer import MultiHeadAttention
 
     src, tgt = _one_row(src_ids, "src_ids"), _one_row(tgt_ids, "tgt_ids")
     model = nnx.clone(model)
     model.eval()
-    pad = model.config.pad_id
-    src_mask = padding_mask(src, pad)  # (1, 1, 1, S)
-    self_mask = causal_mask(tgt.shape[1]) & padding_mask(tgt, pad)  # (1, 1, T, T)
-    recorded = {kind: [] for kind in ATTENTION_KINDS}
+    for _, module in nnx.iter_graph(model):
+        if isinstance(module, MultiHeadAttention):
+            module.sow_weights = True
+    logits, sown = nnx.capture(model, nnx.Intermediate)(src, tgt)
 
-    def recording(attention, kind, mask, memory=None):
-        def sublayer(h):
-            out, weights = attention(h, h if memory is None else memory, mask)
-            recorded[kind].append(weights)
-            return out
+    def weights(attention_state):  # the one call's weights (1, heads, q, k) -> (heads, q, k) fp32
+        (value,) = attention_state["attention_weights"].get_value()
+        return np.asarray(value[0], np.float32)
 
-        return sublayer
-
-    def final(stack, x):
-        return stack.final_norm(x) if stack.final_norm is not None else x
-
-    x = model.encoder.embed_positions(model.embed(model.source_embedding, src))
-    for layer in model.encoder.layers:
-        x = layer.residual(x, recording(layer.self_attn, "encoder_self", src_mask), layer.self_attn_norm)
-        x = layer.residual(x, layer.feed_forward, layer.feed_forward_norm)
-    memory = final(model.encoder, x)
-
-    y = model.decoder.embed_positions(model.embed(model.target_token_embedding(), tgt))
-    for layer in model.decoder.layers:
-        y = layer.residual(y, recording(layer.self_attn, "decoder_self", self_mask), layer.self_attn_norm)
-        y = layer.residual(y, recording(layer.cross_attn, "cross", src_mask, memory), layer.cross_attn_norm)
-        y = layer.residual(y, layer.feed_forward, layer.feed_forward_norm)
-    logits = np.asarray(model.logits(final(model.decoder, y))[0], np.float32)
-
-    if check:
-        reference = np.asarray(model(src, tgt)[0], np.float32)
-        error = float(np.max(np.abs(logits - reference)))
-        if not error <= 1e-4 * max(1.0, float(np.max(np.abs(reference)))):
-            raise RuntimeError(
-                f"the attention walk no longer reproduces Transformer.__call__ (max logit difference {error:.3g}); "
-                "update viz.run_with_attention to follow model.py"
-            )
-    maps = {kind: np.stack([np.asarray(w[0], np.float32) for w in weights]) for kind, weights in recorded.items()}
-    return maps, logits
+    encoder, decoder = sown["encoder"]["layers"], sown["decoder"]["layers"]
+    maps = {
+        "encoder_self": np.stack([weights(encoder[i]["self_attn"]) for i in range(len(model.encoder.layers))]),
+        "decoder_self": np.stack([weights(decoder[i]["self_attn"]) for i in range(len(model.decoder.layers))]),
+        "cross": np.stack([weights(decoder[i]["cross_attn"]) for i in range(len(model.decoder.layers))]),
+    }
+    return maps, np.asarray(logits[0], np.float32)
 
 
 def attention_maps(model, src_ids, tgt_ids) -> dict[str, np.ndarray]:
@@ -259,14 +234,14 @@ def plot_positional_encoding(length: int, d_model: int, layout: str = "interleav
 
 
 def plot_lr_schedule(config, path: str, points: int = 2000) -> tuple[np.ndarray, np.ndarray]:
-    """The learning rate of `config` (a Config) over its train.steps updates, from train_lib.learning_rate_schedule.
+    """The learning rate of `config` (a Config) over its train.steps updates, from `learning_rate_schedule`.
 
     Returns (update numbers 1..train.steps, as plotted; learning rates): update n uses schedule(n - 1), which is also
     what the trainer logs as `lr` at step n. At most `points` updates are evaluated, always including the last one
     and those around the end of the warmup (where the rate peaks)."""
     import jax.numpy as jnp
 
-    from jax_transformer.train.steps import learning_rate_schedule
+    from jax_transformer.train.optimizer import learning_rate_schedule
 
     train = config.train
     schedule = learning_rate_schedule(train, config.model.d_model)

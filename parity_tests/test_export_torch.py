@@ -28,7 +28,7 @@ from jax_transformer.data.tokenizer import Tokenizer, train_tokenizer
 from jax_transformer.decode import search as jax_decode
 from jax_transformer.decode.translator import Translator, load_translator, save_model_dir
 from jax_transformer.model.transformer import Transformer
-from jax_transformer.train.steps import Steps
+from jax_transformer.tasks.translation import translation_steps
 from torch_ref import decode as torch_decode
 from torch_ref import load_pretrained, translate
 from torch_ref.pretrained import search
@@ -81,7 +81,7 @@ def train_copy_model(tokenizer: Tokenizer, steps: int = 250, **model_overrides) 
     """A tiny model trained to copy toy sentences (~10 s on 2 CPU cores; >99% token accuracy)."""
     config = make_config(tokenizer.vocab_size, **model_overrides)
     model = Transformer(config.model, rngs=nnx.Rngs(params=0, dropout=1))
-    runner = Steps(config, model)
+    runner = translation_steps(config, model)
     state = runner.init_state(nnx.state(model, nnx.Param))
     for step in range(steps):
         state, _ = runner.train_step(state, copy_batch(tokenizer, 64, seed=1000 + step % 50))

@@ -161,7 +161,7 @@ def test_average_params_is_the_mean(tmp_path):
 def test_translate_evaluate_average_commands(tmp_path, capsys):
     """The commands on a tiny trained run: outputs line up with inputs, scores print, averaging writes a model."""
     from jax_transformer.cli import average, evaluate, translate
-    from jax_transformer.train.loop import train
+    from jax_transformer.tasks.translation import train
     from tests.test_train import _config, _write_slice
 
     corpus = _write_slice(tmp_path / "corpus", n_train=300, n_valid=16)

@@ -369,3 +369,15 @@ def test_linear_is_nnx_linear_with_an_fp32_accumulating_bf16_path(use_bias):
     y = ours_bf16(x)
     assert y.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(y, np.float32), reference(x), atol=0.05, rtol=0.02)
+
+
+def test_attention_precision_policy_depends_on_dtype_only():
+    """Attention's products run in fp32 under bf16 compute on every backend; other dtypes keep their own."""
+    from jax_transformer.model.precision import attention_compute_dtype
+
+    assert attention_compute_dtype(jnp.bfloat16) == jnp.float32
+    assert attention_compute_dtype("float32") == jnp.float32
+    assert attention_compute_dtype(jnp.float16) == jnp.float16
+    q, k, v = (jnp.ones((1, 2, 3, 4), jnp.bfloat16) for _ in range(3))
+    out, _ = jm.scaled_dot_product_attention(q, k, v)
+    assert out.dtype == jnp.bfloat16

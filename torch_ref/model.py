@@ -4,13 +4,16 @@ Same classes, same attribute names in the same order, same equations, so the two
 and weights convert by name (`jax_transformer/convert.py`). Only the leaf names differ, as each framework spells
 them: Flax `kernel` (in, out) is torch `weight` (out, in); Flax LayerNorm `scale` and Embed `embedding` are `weight`.
 
-`config` is any object with the fields of `jax_transformer.config.ModelConfig` (that dataclass itself, or the
-`model` section of an exported `config.json` loaded with `load_config`); this package never imports JAX.
+`config` is a `ModelConfig` (the dataclass below, with the fields and defaults of
+`jax_transformer.config.ModelConfig`; `load_config` reads it from an exported `config.json`), or any object with
+those fields (JAX's ModelConfig, a SimpleNamespace), converted with `as_config`; this package never imports JAX.
+Fresh parameters are initialised as the Flax model's (`init_like_flax`), so a fresh model trains from scratch alike.
 """
 
+import dataclasses
 import json
 import math
-import types
+import warnings
 
 import numpy as np
 import torch
@@ -18,13 +21,90 @@ from torch import nn
 from torch.nn import functional as F
 
 
-def load_config(path_or_dict) -> types.SimpleNamespace:
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The architecture: the fields and defaults of `jax_transformer.config.ModelConfig` (see there for their
+    meaning; parity_tests check that the two field lists agree)."""
+
+    vocab_size: int = 37000
+    target_vocab_size: int = 0  # 0: same as vocab_size
+    d_model: int = 512
+    num_heads: int = 8
+    d_ff: int = 2048
+    num_encoder_layers: int = 6
+    num_decoder_layers: int = 6
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    ffn_dropout: float = 0.0
+    activation: str = "relu"
+    norm_position: str = "post"
+    layer_norm_eps: float = 1e-5
+    positional: str = "sinusoidal"
+    sinusoidal_layout: str = "interleaved"
+    max_len: int = 1024
+    share_embeddings: bool = True
+    tie_output: bool = True
+    use_bias: bool = True
+    scale_embeddings: bool = True
+    type_vocab_size: int = 0
+    embedding_norm: bool = False
+    pad_id: int = 0
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.d_model % self.num_heads:
+            raise ValueError(f"model.d_model={self.d_model} must be divisible by model.num_heads={self.num_heads}")
+
+    @property
+    def tgt_vocab_size(self) -> int:
+        return self.target_vocab_size or self.vocab_size
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.num_heads
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig))
+
+
+def as_config(config) -> ModelConfig:
+    """`config` as a torch_ref ModelConfig: itself, or the fields of a dict or of any object that has them (JAX's
+    ModelConfig, the SimpleNamespace of older versions); missing fields take the defaults (configs exported before
+    an option existed), unknown ones are ignored with a warning."""
+    if isinstance(config, ModelConfig):
+        return config
+    data = dict(config) if isinstance(config, dict) else dict(vars(config)) if hasattr(config, "__dict__") else {}
+    if dataclasses.is_dataclass(config):
+        data = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    unknown = sorted(set(data) - set(_FIELDS))
+    if unknown:
+        warnings.warn(f"model config fields unknown to torch_ref, ignored: {', '.join(unknown)}", stacklevel=2)
+    return ModelConfig(**{k: v for k, v in data.items() if k in _FIELDS})
+
+
+def load_config(path_or_dict) -> ModelConfig:
     """A model config from an exported `config.json` (its `model` section) or a plain dict."""
     data = path_or_dict
     if isinstance(path_or_dict, str):
         with open(path_or_dict, encoding="utf-8") as f:
             data = json.load(f)
-    return types.SimpleNamespace(**data.get("model", data))
+    return as_config(data.get("model", data))
+
+
+def init_like_flax(model: nn.Module, d_model: int) -> None:
+    """The Flax model's initialisers (jax_transformer/model/transformer.py), in place: Xavier-uniform Linear weights
+    and zero biases, N(0, d_model^-0.5) embeddings (tokens, token types, learned positions), LayerNorm 1 and 0."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=d_model**-0.5)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
 
 
 def target_vocab_size(config) -> int:
@@ -154,21 +234,9 @@ def _layer_norm(config):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-class EncoderLayer(nn.Module):
-    """§3.1: self-attention, then a feed-forward network; each wrapped in a residual connection and LayerNorm."""
-
-    def __init__(self, config):
-        super().__init__()
-        self.self_attn = MultiHeadAttention(
-            config.d_model, config.num_heads, dropout=config.attention_dropout, use_bias=config.use_bias
-        )
-        self.self_attn_norm = _layer_norm(config)
-        self.feed_forward = FeedForward(
-            config.d_model, config.d_ff, activation=config.activation, dropout=config.ffn_dropout
-        )
-        self.feed_forward_norm = _layer_norm(config)
-        self.dropout = nn.Dropout(config.dropout)
-        self.pre_norm = config.norm_position == "pre"
+class ResidualLayer(nn.Module):
+    """The residual connection around each sub-layer, shared by the encoder and decoder layers (which own `dropout`
+    and `pre_norm`)."""
 
     def residual(self, x, sublayer, norm):
         """§3.1 + §5.4: post-norm LayerNorm(x + Dropout(Sublayer(x)));
@@ -177,43 +245,64 @@ class EncoderLayer(nn.Module):
             return x + self.dropout(sublayer(norm(x)))
         return norm(x + self.dropout(sublayer(x)))
 
+
+def _attention(config):
+    return MultiHeadAttention(
+        config.d_model, config.num_heads, dropout=config.attention_dropout, use_bias=config.use_bias
+    )
+
+
+def _feed_forward(config):
+    return FeedForward(config.d_model, config.d_ff, activation=config.activation, dropout=config.ffn_dropout)
+
+
+class EncoderLayer(ResidualLayer):
+    """§3.1: self-attention, then a feed-forward network; each wrapped in a residual connection and LayerNorm."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.self_attn = _attention(config)
+        self.self_attn_norm = _layer_norm(config)
+        self.feed_forward = _feed_forward(config)
+        self.feed_forward_norm = _layer_norm(config)
+        self.dropout = nn.Dropout(config.dropout)
+        self.pre_norm = config.norm_position == "pre"
+
     def forward(self, x, mask):  # x: (batch, src_len, d_model); mask: (batch, 1, 1, src_len)
         x = self.residual(x, lambda h: self.self_attn(h, h, mask)[0], self.self_attn_norm)
         return self.residual(x, self.feed_forward, self.feed_forward_norm)
 
 
-class DecoderLayer(EncoderLayer):
+class DecoderLayer(ResidualLayer):
     """§3.1: masked self-attention, attention over the encoder output, then a feed-forward network."""
 
     def __init__(self, config):
-        super().__init__(config)
-        self.cross_attn = MultiHeadAttention(
-            config.d_model, config.num_heads, dropout=config.attention_dropout, use_bias=config.use_bias
-        )
+        super().__init__()
+        self.self_attn = _attention(config)
+        self.self_attn_norm = _layer_norm(config)
+        self.feed_forward = _feed_forward(config)
+        self.feed_forward_norm = _layer_norm(config)
+        self.dropout = nn.Dropout(config.dropout)
+        self.pre_norm = config.norm_position == "pre"
+        self.cross_attn = _attention(config)
         self.cross_attn_norm = _layer_norm(config)
 
-    def forward(self, x, memory, self_mask, cross_mask, *, cross_key_value=None):
-        x = self.residual(x, lambda h: self.self_attn(h, h, self_mask)[0], self.self_attn_norm)
+    def forward(self, x, memory, self_mask, cross_mask, *, cross_key_value=None, cache=None, index=0):
+        """As the JAX layer: the whole prefix (`cache` None), or incremental decoding with this layer's `cache`
+        {'key', 'value'}: (batch, heads, max_len, head_dim), where the keys/values of x are written at `index` (in
+        place, unlike JAX). Returns (output (batch, tgt_len, d_model), the cache, None without one)."""
+
+        def self_attention(h):
+            key_value = self.self_attn.project_key_value(h)  # (batch, heads, tgt_len, head_dim) each
+            if cache is not None:
+                for name, new in zip(("key", "value"), key_value, strict=True):
+                    cache[name][:, :, index : index + new.shape[2]] = new.to(cache[name].dtype)
+                key_value = (cache["key"], cache["value"])
+            return self.self_attn(h, mask=self_mask, key_value=key_value)[0]
+
+        x = self.residual(x, self_attention, self.self_attn_norm)
         x = self.residual(
             x, lambda h: self.cross_attn(h, memory, cross_mask, key_value=cross_key_value)[0], self.cross_attn_norm
-        )
-        return self.residual(x, self.feed_forward, self.feed_forward_norm)
-
-    def step(self, x, cache, index, cross_key_value, cross_mask):
-        """Incremental decoding of the token at position `index`: x (batch, 1, d_model). `cache` holds this layer's
-        self-attention keys/values {'key', 'value'}: (batch, heads, max_len, head_dim), filled below `index`.
-        Returns (output (batch, 1, d_model), the cache with position `index` written; in place, unlike JAX)."""
-
-        def cached_self_attention(h):
-            key, value = self.self_attn.project_key_value(h)  # (batch, heads, 1, head_dim)
-            cache["key"][:, :, index] = key[:, :, 0].to(cache["key"].dtype)
-            cache["value"][:, :, index] = value[:, :, 0].to(cache["value"].dtype)
-            visible = (torch.arange(cache["key"].shape[2], device=h.device) <= index)[None, None, None, :]
-            return self.self_attn(h, mask=visible, key_value=(cache["key"], cache["value"]))[0]
-
-        x = self.residual(x, cached_self_attention, self.self_attn_norm)
-        x = self.residual(
-            x, lambda h: self.cross_attn(h, mask=cross_mask, key_value=cross_key_value)[0], self.cross_attn_norm
         )
         return self.residual(x, self.feed_forward, self.feed_forward_norm), cache
 
@@ -223,30 +312,28 @@ class DecoderLayer(EncoderLayer):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-class Encoder(nn.Module):
-    """Positions (+ LayerNorm when `embedding_norm`) + dropout on the (scaled) token embeddings, then N encoder layers
-    (+ final LayerNorm when pre-norm)."""
+class LayerStack(nn.Module):
+    """What the encoder and decoder stacks share: positions (+ LayerNorm when `embedding_norm`) + dropout on the
+    (scaled) token embeddings, N layers, and a final LayerNorm when pre-norm."""
 
-    def __init__(self, config, layer_cls=EncoderLayer, num_layers=None):
+    def __init__(self, config, layer_cls, num_layers: int):
         super().__init__()
-        self.config = config
+        self.config = config = as_config(config)
         if config.positional == "learned":
             self.position_embedding = nn.Embedding(config.max_len, config.d_model)
         else:
             table = sinusoidal_positions(config.max_len, config.d_model, config.sinusoidal_layout)
             self.register_buffer("sinusoid_table", torch.from_numpy(table), persistent=False)
-        # configs exported before the option existed have no `embedding_norm`
-        self.embedding_norm = _layer_norm(config) if getattr(config, "embedding_norm", False) else None
+        self.embedding_norm = _layer_norm(config) if config.embedding_norm else None
         self.dropout = nn.Dropout(config.dropout)
-        num_layers = config.num_encoder_layers if num_layers is None else num_layers
         self.layers = nn.ModuleList([layer_cls(config) for _ in range(num_layers)])
         self.final_norm = _layer_norm(config) if config.norm_position == "pre" else None
 
     def embed_positions(self, x, offset=0):
         """§3.5: add positional encodings for positions offset .. offset+len-1, (LayerNorm,) then dropout (§5.4)."""
         length = x.shape[1]
-        if length > self.config.max_len:
-            raise ValueError(f"sequence length {length} exceeds model.max_len={self.config.max_len}")
+        if length > self.config.max_len or offset + length > self.config.max_len:
+            raise ValueError(f"positions up to {offset} + {length} exceed model.max_len={self.config.max_len}")
         if self.config.positional == "learned":
             positions = self.position_embedding(offset + torch.arange(length, device=x.device))
         else:
@@ -256,33 +343,42 @@ class Encoder(nn.Module):
             x = self.embedding_norm(x)
         return self.dropout(x)
 
+    def finish(self, x):
+        return self.final_norm(x) if self.final_norm is not None else x
+
+
+class Encoder(LayerStack):
+    """Positions + dropout, then N encoder layers (+ final LayerNorm when pre-norm)."""
+
+    def __init__(self, config):
+        config = as_config(config)
+        super().__init__(config, EncoderLayer, config.num_encoder_layers)
+
     def forward(self, x, mask):  # (batch, src_len, d_model) token embeddings -> (batch, src_len, d_model)
         x = self.embed_positions(x)
         for layer in self.layers:
             x = layer(x, mask)
-        return self.final_norm(x) if self.final_norm is not None else x
+        return self.finish(x)
 
 
-class Decoder(Encoder):
+class Decoder(LayerStack):
     """Positions + dropout, then N decoder layers (+ final LayerNorm when pre-norm)."""
 
     def __init__(self, config):
+        config = as_config(config)
         super().__init__(config, DecoderLayer, config.num_decoder_layers)
 
-    def forward(self, x, memory, self_mask, cross_mask):  # -> (batch, tgt_len, d_model)
-        x = self.embed_positions(x)
-        for layer in self.layers:
-            x = layer(x, memory, self_mask, cross_mask)
-        return self.final_norm(x) if self.final_norm is not None else x
-
-    def step(self, x, caches, index, cross_key_values, cross_mask):
-        """One incremental step: x (batch, 1, d_model) token embedding at position `index` -> (batch, 1, d_model)."""
+    def forward(self, x, memory, self_mask, cross_mask, *, caches=None, index=0, cross_key_values=None):
+        """As the JAX Decoder: returns ((batch, tgt_len, d_model), the caches, None without)."""
         x = self.embed_positions(x, offset=index)
+        num_layers = len(self.layers)
+        layer_caches = caches if caches is not None else [None] * num_layers
+        layer_cross = cross_key_values if cross_key_values is not None else [None] * num_layers
         new_caches = []
-        for layer, cache, cross_key_value in zip(self.layers, caches, cross_key_values, strict=True):
-            x, cache = layer.step(x, cache, index, cross_key_value, cross_mask)
+        for layer, cache, cross in zip(self.layers, layer_caches, layer_cross, strict=True):
+            x, cache = layer(x, memory, self_mask, cross_mask, cross_key_value=cross, cache=cache, index=index)
             new_caches.append(cache)
-        return (self.final_norm(x) if self.final_norm is not None else x), new_caches
+        return self.finish(x), (new_caches if caches is not None else None)
 
 
 class Transformer(nn.Module):
@@ -290,7 +386,7 @@ class Transformer(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.config = config
+        self.config = config = as_config(config)
         self.source_embedding = nn.Embedding(config.vocab_size, config.d_model)
         self.target_embedding = (
             None if config.share_embeddings else nn.Embedding(target_vocab_size(config), config.d_model)
@@ -300,6 +396,7 @@ class Transformer(nn.Module):
         self.output_projection = None
         if not config.tie_output:
             self.output_projection = nn.Linear(config.d_model, target_vocab_size(config), bias=False)
+        init_like_flax(self, config.d_model)
         self.to(_dtype(config.param_dtype))
 
     def target_token_embedding(self) -> nn.Embedding:
@@ -327,7 +424,7 @@ class Transformer(nn.Module):
         """(batch, tgt_len) target prefix ids (BOS first) -> next-token logits (batch, tgt_len, tgt_vocab)."""
         tgt_len = tgt_ids.shape[1]
         self_mask = causal_mask(tgt_len, tgt_ids.device) & padding_mask(tgt_ids, self.config.pad_id)
-        x = self.decoder(self.embed(self.target_token_embedding(), tgt_ids), memory, self_mask, src_mask)
+        x, _ = self.decoder(self.embed(self.target_token_embedding(), tgt_ids), memory, self_mask, src_mask)
         return self.logits(x)
 
     # Incremental decoding with a key/value cache: the encoder runs once, cross-attention keys/values are projected
@@ -347,7 +444,10 @@ class Transformer(nn.Module):
     def decode_step(self, token_ids, index, cache, cross_key_values, src_mask):
         """Next-token logits for the tokens at position `index`: (batch,) ids -> ((batch, tgt_vocab), cache)."""
         x = self.embed(self.target_token_embedding(), token_ids[:, None])  # (batch, 1, d_model)
-        x, cache = self.decoder.step(x, cache, index, cross_key_values, src_mask)
+        visible = (torch.arange(cache[0]["key"].shape[2], device=x.device) <= index)[None, None, None, :]
+        x, cache = self.decoder(
+            x, None, visible, src_mask, caches=cache, index=index, cross_key_values=cross_key_values
+        )  # fmt: skip
         return self.logits(x)[:, 0], cache
 
     def forward(self, src_ids, tgt_ids):
@@ -362,14 +462,15 @@ class EncoderClassifier(nn.Module):
 
     def __init__(self, config, num_labels: int, *, pooling="mean", classifier_dropout=0.1):
         super().__init__()
-        self.config = config
+        self.config = config = as_config(config)
         self.pooling = pooling
-        type_vocab_size = getattr(config, "type_vocab_size", 0)
+        type_vocab_size = config.type_vocab_size
         self.token_embedding = nn.Embedding(config.vocab_size, config.d_model)
         self.token_type_embedding = nn.Embedding(type_vocab_size, config.d_model) if type_vocab_size else None
         self.encoder = Encoder(config)
         self.classifier_dropout = nn.Dropout(classifier_dropout)
         self.classifier = nn.Linear(config.d_model, num_labels)
+        init_like_flax(self, config.d_model)
         self.to(_dtype(config.param_dtype))
 
     def encode(self, ids, token_types=None):

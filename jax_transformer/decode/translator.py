@@ -111,7 +111,7 @@ def load_translator(path: str, step: str = "latest") -> Translator:
         raise UserError(f"{path} is not a run or model directory (no config.json); fix: pass e.g. runs/NAME")
     config = Config.load(config_path)
     tokenizer = Tokenizer.load(os.path.join(path, "spm.model"))
-    model = Transformer(config.model, rngs=nnx.Rngs(0))
+    model = abstract_model(config.model)
     if os.path.exists(os.path.join(path, "model.safetensors")):
         from jax_transformer.interop.torch_convert import load_safetensors
 
@@ -120,7 +120,27 @@ def load_translator(path: str, step: str = "latest") -> Translator:
         checkpoints, number = _read_step(path, step)
         params = restore_params(checkpoints, number, nnx.state(model, nnx.Param))
         nnx.update(model, params)
+    unfilled = [
+        name for name, p in nnx.state(model, nnx.Param).flat_state() if isinstance(p.get_value(), jax.ShapeDtypeStruct)
+    ]
+    if unfilled:
+        raise UserError(f"{path} does not hold parameter {'/'.join(map(str, unfilled[0]))} of the model of config.json")
     return Translator(config, model, tokenizer)
+
+
+def abstract_model(model_config) -> Transformer:
+    """A Transformer of `model_config` whose parameters are only shapes and dtypes (`nnx.eval_shape`: nothing is
+    initialised), to be filled from a checkpoint. The rest of its state (the dropout layers' RNG streams, unused in
+    eval mode) gets concrete placeholder values: a key of seed 0 and zero counts."""
+    model = nnx.eval_shape(lambda: Transformer(model_config, rngs=nnx.Rngs(0)))
+
+    def concrete(x):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jnp.broadcast_to(jax.random.key(0), x.shape)
+        return jnp.zeros(x.shape, x.dtype)
+
+    nnx.update(model, jax.tree.map(concrete, nnx.state(model, nnx.Not(nnx.Param))))
+    return model
 
 
 def restore_params(checkpoints: Checkpointer, step: int, abstract_params):

@@ -5,7 +5,8 @@ Read top to bottom: attention (§3.2), feed-forward (§3.3), embeddings and posi
 
 Conventions: shapes are (batch, length, features); masks are boolean "may attend" arrays that broadcast to
 (batch, heads, q_len, k_len); token id `config.pad_id` is padding. This file knows nothing about data, training,
-decoding or checkpoints.
+decoding or checkpoints; what runs in which dtype under bf16 compute is decided, from the dtype alone, in
+precision.py.
 """
 
 import functools
@@ -18,6 +19,11 @@ from flax import nnx
 
 from jax_transformer.config import ModelConfig
 from jax_transformer.model.dropout import Dropout  # nnx.Dropout with a mask that is cheap on CPU (see dropout.py)
+from jax_transformer.model.precision import (  # mixed precision under bf16 compute (see precision.py)
+    Linear,
+    attention_compute_dtype,
+    bf16_matmul,
+)
 
 # Initialisers (the paper does not specify them; these are the common choice of tensor2tensor/fairseq):
 # Xavier-uniform projections, N(0, d_model^-0.5) embeddings so that embedding * sqrt(d_model) has unit scale.
@@ -26,52 +32,6 @@ LINEAR_INIT = nnx.initializers.xavier_uniform()
 
 def embedding_init(d_model: int):
     return nnx.initializers.normal(stddev=d_model**-0.5)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Matrix products under bf16 compute
-# ---------------------------------------------------------------------------------------------------------------------
-# XLA:CPU multiplies bf16 x bf16 -> bf16 slowly (245 GFLOP/s on a 2-core Xeon with AMX, below its fp32 298), but bf16
-# x bf16 -> fp32 on the CPU's bf16 matrix units (1,570 GFLOP/s there; bench/peers.py prints both). So under bf16 compute
-# every Linear layer and the tied output projection multiply bf16 operands into an fp32 result, and so do their
-# gradients (a custom VJP: JAX's own transpose of such a product would multiply the fp32 cotangent in fp32). On GPUs
-# and TPUs this is the usual bf16 matmul with fp32 accumulation. `Linear` below uses it.
-
-
-@jax.custom_vjp
-def bf16_matmul(x, w):
-    """x (..., n) @ w (n, m) of bf16 operands, accumulated and returned in fp32. (..., m)"""
-    return jnp.dot(x, w, preferred_element_type=jnp.float32)
-
-
-def _bf16_matmul_fwd(x, w):
-    return bf16_matmul(x, w), (x, w)
-
-
-def _bf16_matmul_bwd(residuals, grad):  # grad: (..., m) fp32
-    x, w = residuals
-    grad = grad.astype(x.dtype)
-    grad_x = jnp.dot(grad, w.T, preferred_element_type=jnp.float32).astype(x.dtype)  # (..., n)
-    rows_x, rows_grad = x.reshape(-1, x.shape[-1]), grad.reshape(-1, grad.shape[-1])
-    grad_w = jnp.dot(rows_x.T, rows_grad, preferred_element_type=jnp.float32).astype(w.dtype)  # (n, m)
-    return grad_x, grad_w
-
-
-bf16_matmul.defvjp(_bf16_matmul_fwd, _bf16_matmul_bwd)
-
-
-class Linear(nnx.Linear):
-    """`nnx.Linear` (same parameters) whose bf16 compute multiplies with `bf16_matmul` and adds the bias in fp32 before
-    rounding the output to bf16: a bias added in bf16 gets its gradient from a sum of bf16 values, which XLA:CPU
-    accumulates element by element with bf16 rounding at each add (a third of the base model's bf16 step)."""
-
-    def __call__(self, x):
-        if self.dtype is None or jnp.dtype(self.dtype) != jnp.bfloat16:
-            return super().__call__(x)
-        y = bf16_matmul(x.astype(jnp.bfloat16), self.kernel[...].astype(jnp.bfloat16))
-        if self.bias is not None:
-            y = y + self.bias[...].astype(jnp.float32)
-        return y.astype(jnp.bfloat16)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -103,10 +63,8 @@ def scaled_dot_product_attention(query, key, value, mask=None, dropout=None):
     visible key gets all-zero weights and a zero output instead of NaN.
     """
     dtype = value.dtype
-    if dtype == jnp.bfloat16 and jax.default_backend() == "cpu":
-        # XLA:CPU runs these batched products slower in bf16 than in fp32 (320-token self-attention, forward: 41 ms
-        # against 18); on GPUs and TPUs bf16 is their fast path.
-        query, key, value = (x.astype(jnp.float32) for x in (query, key, value))
+    compute = attention_compute_dtype(dtype)  # fp32 under bf16 compute, on every backend (see precision.py)
+    query, key, value = (x.astype(compute) for x in (query, key, value))
     d_k = query.shape[-1]
     query = query / jnp.asarray(math.sqrt(d_k), query.dtype)
     scores = jnp.einsum("bhqd,bhkd->bhqk", query, key)  # (batch, heads, q_len, k_len)
@@ -129,6 +87,10 @@ class MultiHeadAttention(nnx.Module):
     The h per-head projections are stored as one (d_model, d_model) matrix each for queries, keys and values.
     Self-attention passes the same sequence as `inputs_q` and `inputs_kv`; cross-attention passes the encoder output
     as `inputs_kv`. Incremental decoding passes precomputed heads instead (`key_value`, see `project_key_value`).
+
+    With `sow_weights` set (off by default, so training and decoding state never carries them), each call sows its
+    attention weights (batch, heads, q_len, k_len) as `nnx.Intermediate` 'attention_weights', to be read with
+    `nnx.capture(model, nnx.Intermediate)` (see `viz.attention_maps`).
     """
 
     def __init__(self, d_model, num_heads, *, dropout=0.0, use_bias=True, dtype=None, param_dtype=jnp.float32, rngs):
@@ -143,6 +105,7 @@ class MultiHeadAttention(nnx.Module):
         self.value = linear()
         self.out = linear()
         self.attention_dropout = Dropout(dropout, rngs=rngs)
+        self.sow_weights = False
 
     def split_heads(self, x):  # (batch, len, d_model) -> (batch, heads, len, head_dim)
         batch, length, _ = x.shape
@@ -161,6 +124,8 @@ class MultiHeadAttention(nnx.Module):
         query = self.split_heads(self.query(inputs_q))
         key, value = key_value if key_value is not None else self.project_key_value(inputs_kv)
         heads, weights = scaled_dot_product_attention(query, key, value, mask, self.attention_dropout)
+        if self.sow_weights:
+            self.sow(nnx.Intermediate, "attention_weights", weights)
         return self.out(self.merge_heads(heads)), weights
 
 
@@ -223,22 +188,9 @@ def _layer_norm(config: ModelConfig, rngs):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-class EncoderLayer(nnx.Module):
-    """§3.1: self-attention, then a feed-forward network; each wrapped in a residual connection and LayerNorm."""
-
-    def __init__(self, config: ModelConfig, *, rngs):
-        dtypes = dict(dtype=config.dtype, param_dtype=config.param_dtype)
-        self.self_attn = MultiHeadAttention(
-            config.d_model, config.num_heads, dropout=config.attention_dropout, use_bias=config.use_bias,
-            **dtypes, rngs=rngs,
-        )  # fmt: skip
-        self.self_attn_norm = _layer_norm(config, rngs)
-        self.feed_forward = FeedForward(
-            config.d_model, config.d_ff, activation=config.activation, dropout=config.ffn_dropout, **dtypes, rngs=rngs
-        )
-        self.feed_forward_norm = _layer_norm(config, rngs)
-        self.dropout = Dropout(config.dropout, rngs=rngs)
-        self.pre_norm = config.norm_position == "pre"
+class ResidualLayer(nnx.Module):
+    """The residual connection around each sub-layer, shared by the encoder and decoder layers (which own `dropout`
+    and `pre_norm`)."""
 
     def residual(self, x, sublayer, norm):
         """§3.1 + §5.4: post-norm LayerNorm(x + Dropout(Sublayer(x)));
@@ -247,49 +199,75 @@ class EncoderLayer(nnx.Module):
             return x + self.dropout(sublayer(norm(x)))
         return norm(x + self.dropout(sublayer(x)))
 
+
+def _attention(config: ModelConfig, rngs):
+    return MultiHeadAttention(
+        config.d_model, config.num_heads, dropout=config.attention_dropout, use_bias=config.use_bias,
+        dtype=config.dtype, param_dtype=config.param_dtype, rngs=rngs,
+    )  # fmt: skip
+
+
+def _feed_forward(config: ModelConfig, rngs):
+    return FeedForward(
+        config.d_model, config.d_ff, activation=config.activation, dropout=config.ffn_dropout, dtype=config.dtype,
+        param_dtype=config.param_dtype, rngs=rngs,
+    )  # fmt: skip
+
+
+class EncoderLayer(ResidualLayer):
+    """§3.1: self-attention, then a feed-forward network; each wrapped in a residual connection and LayerNorm."""
+
+    def __init__(self, config: ModelConfig, *, rngs):
+        self.self_attn = _attention(config, rngs)
+        self.self_attn_norm = _layer_norm(config, rngs)
+        self.feed_forward = _feed_forward(config, rngs)
+        self.feed_forward_norm = _layer_norm(config, rngs)
+        self.dropout = Dropout(config.dropout, rngs=rngs)
+        self.pre_norm = config.norm_position == "pre"
+
     def __call__(self, x, mask):  # x: (batch, src_len, d_model); mask: (batch, 1, 1, src_len)
         x = self.residual(x, lambda h: self.self_attn(h, h, mask)[0], self.self_attn_norm)
         return self.residual(x, self.feed_forward, self.feed_forward_norm)
 
 
-class DecoderLayer(EncoderLayer):
+class DecoderLayer(ResidualLayer):
     """§3.1: masked self-attention, attention over the encoder output, then a feed-forward network."""
 
     def __init__(self, config: ModelConfig, *, rngs):
-        super().__init__(config, rngs=rngs)
-        self.cross_attn = MultiHeadAttention(
-            config.d_model, config.num_heads, dropout=config.attention_dropout, use_bias=config.use_bias,
-            dtype=config.dtype, param_dtype=config.param_dtype, rngs=rngs,
-        )  # fmt: skip
+        self.self_attn = _attention(config, rngs)
+        self.self_attn_norm = _layer_norm(config, rngs)
+        self.feed_forward = _feed_forward(config, rngs)
+        self.feed_forward_norm = _layer_norm(config, rngs)
+        self.dropout = Dropout(config.dropout, rngs=rngs)
+        self.pre_norm = config.norm_position == "pre"
+        self.cross_attn = _attention(config, rngs)
         self.cross_attn_norm = _layer_norm(config, rngs)
 
-    def __call__(self, x, memory, self_mask, cross_mask, *, cross_key_value=None):
-        """x: (batch, tgt_len, d_model); memory: (batch, src_len, d_model); self_mask: (batch|1, 1, tgt_len, tgt_len);
-        cross_mask: (batch, 1, 1, src_len). `cross_key_value` replaces `memory` with precomputed heads."""
-        x = self.residual(x, lambda h: self.self_attn(h, h, self_mask)[0], self.self_attn_norm)
+    def __call__(self, x, memory, self_mask, cross_mask, *, cross_key_value=None, cache=None, index=0):
+        """x: (batch, tgt_len, d_model); memory: (batch, src_len, d_model), or None with `cross_key_value`, its
+        precomputed cross-attention heads; self_mask: (batch|1, 1, tgt_len, k_len); cross_mask: (batch, 1, 1, src_len).
+
+        The whole target prefix at once (`cache` None; k_len = tgt_len), or incremental decoding: `cache` holds this
+        layer's self-attention keys/values {'key', 'value'}: (batch, heads, max_len, head_dim), filled below `index`;
+        the keys/values of x (positions index ..) are written there and self-attention runs over the whole cache
+        (k_len = max_len, `self_mask` hides what is not filled yet). Returns (output (batch, tgt_len, d_model), the
+        updated cache, None without one)."""
+        new_cache = None
+
+        def self_attention(h):
+            nonlocal new_cache
+            key_value = self.self_attn.project_key_value(h)  # (batch, heads, tgt_len, head_dim) each
+            if cache is not None:
+                new_cache = {
+                    name: jax.lax.dynamic_update_slice_in_dim(cache[name], new.astype(cache[name].dtype), index, axis=2)
+                    for name, new in zip(("key", "value"), key_value, strict=True)
+                }
+                key_value = (new_cache["key"], new_cache["value"])
+            return self.self_attn(h, mask=self_mask, key_value=key_value)[0]
+
+        x = self.residual(x, self_attention, self.self_attn_norm)
         x = self.residual(
             x, lambda h: self.cross_attn(h, memory, cross_mask, key_value=cross_key_value)[0], self.cross_attn_norm
-        )
-        return self.residual(x, self.feed_forward, self.feed_forward_norm)
-
-    def step(self, x, cache, index, cross_key_value, cross_mask):
-        """Incremental decoding of the token at position `index`: x (batch, 1, d_model). `cache` holds this layer's
-        self-attention keys/values {'key', 'value'}: (batch, heads, max_len, head_dim), filled below `index`.
-        Returns (output (batch, 1, d_model), the cache with position `index` written)."""
-        new_cache = {}
-
-        def cached_self_attention(h):
-            key, value = self.self_attn.project_key_value(h)  # (batch, heads, 1, head_dim)
-            for name, new in (("key", key), ("value", value)):
-                new_cache[name] = jax.lax.dynamic_update_slice_in_dim(
-                    cache[name], new.astype(cache[name].dtype), index, axis=2
-                )
-            visible = (jnp.arange(cache["key"].shape[2]) <= index)[None, None, None, :]  # (1, 1, 1, max_len)
-            return self.self_attn(h, mask=visible, key_value=(new_cache["key"], new_cache["value"]))[0]
-
-        x = self.residual(x, cached_self_attention, self.self_attn_norm)
-        x = self.residual(
-            x, lambda h: self.cross_attn(h, mask=cross_mask, key_value=cross_key_value)[0], self.cross_attn_norm
         )
         return self.residual(x, self.feed_forward, self.feed_forward_norm), new_cache
 
@@ -299,11 +277,12 @@ class DecoderLayer(EncoderLayer):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-class Encoder(nnx.Module):
-    """Positions (+ LayerNorm when `embedding_norm`, as BERT) + dropout on the (scaled) token embeddings, then N
-    encoder layers (plus a final LayerNorm when pre-norm, since pre-norm layers leave their output unnormalised)."""
+class LayerStack(nnx.Module):
+    """What the encoder and decoder stacks share: positions (+ LayerNorm when `embedding_norm`, as BERT) + dropout on
+    the (scaled) token embeddings, N layers, and a final LayerNorm when pre-norm (pre-norm layers leave their output
+    unnormalised)."""
 
-    def __init__(self, config: ModelConfig, layer_cls=EncoderLayer, num_layers=None, *, rngs):
+    def __init__(self, config: ModelConfig, layer_cls, num_layers: int, *, rngs):
         self.config = config
         if config.positional == "learned":
             self.position_embedding = nnx.Embed(
@@ -312,7 +291,6 @@ class Encoder(nnx.Module):
             )  # fmt: skip
         self.embedding_norm = _layer_norm(config, rngs) if config.embedding_norm else None
         self.dropout = Dropout(config.dropout, rngs=rngs)
-        num_layers = config.num_encoder_layers if num_layers is None else num_layers
         self.layers = nnx.List([layer_cls(config, rngs=rngs) for _ in range(num_layers)])
         self.final_norm = _layer_norm(config, rngs) if config.norm_position == "pre" else None
 
@@ -331,33 +309,42 @@ class Encoder(nnx.Module):
             x = self.embedding_norm(x)
         return self.dropout(x)
 
+    def finish(self, x):
+        return self.final_norm(x) if self.final_norm is not None else x
+
+
+class Encoder(LayerStack):
+    """Positions + dropout, then N encoder layers (+ final LayerNorm when pre-norm)."""
+
+    def __init__(self, config: ModelConfig, *, rngs):
+        super().__init__(config, EncoderLayer, config.num_encoder_layers, rngs=rngs)
+
     def __call__(self, x, mask):  # (batch, src_len, d_model) token embeddings -> (batch, src_len, d_model)
         x = self.embed_positions(x)
         for layer in self.layers:
             x = layer(x, mask)
-        return self.final_norm(x) if self.final_norm is not None else x
+        return self.finish(x)
 
 
-class Decoder(Encoder):
+class Decoder(LayerStack):
     """Positions + dropout, then N decoder layers (+ final LayerNorm when pre-norm)."""
 
     def __init__(self, config: ModelConfig, *, rngs):
         super().__init__(config, DecoderLayer, config.num_decoder_layers, rngs=rngs)
 
-    def __call__(self, x, memory, self_mask, cross_mask):  # -> (batch, tgt_len, d_model)
-        x = self.embed_positions(x)
-        for layer in self.layers:
-            x = layer(x, memory, self_mask, cross_mask)
-        return self.final_norm(x) if self.final_norm is not None else x
-
-    def step(self, x, caches, index, cross_key_values, cross_mask):
-        """One incremental step: x (batch, 1, d_model) token embedding at position `index` -> (batch, 1, d_model)."""
+    def __call__(self, x, memory, self_mask, cross_mask, *, caches=None, index=0, cross_key_values=None):
+        """x: (batch, tgt_len, d_model) token embeddings of positions index ..; see `DecoderLayer.__call__` for the
+        rest (`caches`, `cross_key_values`: one per layer). Returns ((batch, tgt_len, d_model), the updated caches,
+        None without)."""
         x = self.embed_positions(x, offset=index)
+        num_layers = len(self.layers)
+        layer_caches = caches if caches is not None else [None] * num_layers
+        layer_cross = cross_key_values if cross_key_values is not None else [None] * num_layers
         new_caches = []
-        for layer, cache, cross_key_value in zip(self.layers, caches, cross_key_values, strict=True):
-            x, cache = layer.step(x, cache, index, cross_key_value, cross_mask)
+        for layer, cache, cross in zip(self.layers, layer_caches, layer_cross, strict=True):
+            x, cache = layer(x, memory, self_mask, cross_mask, cross_key_value=cross, cache=cache, index=index)
             new_caches.append(cache)
-        return (self.final_norm(x) if self.final_norm is not None else x), new_caches
+        return self.finish(x), (new_caches if caches is not None else None)
 
 
 class Transformer(nnx.Module):
@@ -400,7 +387,7 @@ class Transformer(nnx.Module):
         if self.output_projection is not None:
             return self.output_projection(x).astype(jnp.float32)
         embedding = self.target_token_embedding()
-        if x.dtype == jnp.bfloat16:  # x @ E^T as `attend` does, with bf16 operands and an fp32 result (see above)
+        if x.dtype == jnp.bfloat16:  # x @ E^T as `attend` does, with bf16 operands and an fp32 result (precision.py)
             return bf16_matmul(x, embedding.embedding[...].astype(jnp.bfloat16).T)
         return embedding.attend(x).astype(jnp.float32)
 
@@ -408,7 +395,7 @@ class Transformer(nnx.Module):
         """(batch, tgt_len) target prefix ids (BOS first) -> next-token logits (batch, tgt_len, tgt_vocab)."""
         tgt_len = tgt_ids.shape[1]
         self_mask = causal_mask(tgt_len) & padding_mask(tgt_ids, self.config.pad_id)  # (batch, 1, tgt_len, tgt_len)
-        x = self.decoder(self.embed(self.target_token_embedding(), tgt_ids), memory, self_mask, src_mask)
+        x, _ = self.decoder(self.embed(self.target_token_embedding(), tgt_ids), memory, self_mask, src_mask)
         return self.logits(x)
 
     # Incremental decoding with a key/value cache: the encoder runs once, cross-attention keys/values are projected
@@ -427,7 +414,10 @@ class Transformer(nnx.Module):
     def decode_step(self, token_ids, index, cache, cross_key_values, src_mask):
         """Next-token logits for the tokens at position `index`: (batch,) ids -> ((batch, tgt_vocab), new cache)."""
         x = self.embed(self.target_token_embedding(), token_ids[:, None])  # (batch, 1, d_model)
-        x, cache = self.decoder.step(x, cache, index, cross_key_values, src_mask)
+        visible = (jnp.arange(cache[0]["key"].shape[2]) <= index)[None, None, None, :]  # (1, 1, 1, max_len)
+        x, cache = self.decoder(
+            x, None, visible, src_mask, caches=cache, index=index, cross_key_values=cross_key_values
+        )  # fmt: skip
         return self.logits(x)[:, 0], cache
 
     def __call__(self, src_ids, tgt_ids):
