@@ -1,23 +1,12 @@
 """DialogSum dialogue summarization (Chen et al., 2021): the same encoder-decoder, trained on (dialogue, summary) pairs.
 
-Sized for a 2-core CPU shared with other work: d_model 256, 4 heads, d_ff 512, 3+3 layers (about 6M parameters with
-a shared 8,000-piece vocabulary). Dialogues have a median of 180 tokens and a 99th percentile of 568; sources are
-truncated to 320 tokens (EOS included: about 11% of the training dialogues are cut, none is dropped), summaries
-(median 31 tokens, at most 244) are kept whole. Length buckets of 32 tokens give 17 batch shapes at 88% real tokens.
-Evaluation averages the last 5 checkpoints (`python -m jax_transformer.average RUN --last 5 --out RUN/avg5`; on val,
-beam 4, ROUGE-1 37.25 against 36.35 for the best single checkpoint by validation loss), and ROUGE-1/2/L come from
-`python -m jax_transformer.evaluate RUN/avg5 --split test` (decode.metric 'rouge': max over DialogSum's three test
-references, and their mean). Decoding: beam 4, GNMT length penalty 1.0, at least 10 tokens, no repeated trigram (as
-BART on CNN/DM).
-
-Training follows the Multi30k finding (configs/multi30k_en_de.py): pre-norm layers with a short warmup (400 steps) to
-a high inverse-sqrt peak (2e-3) learn several times faster in a CPU hour than post-norm with a long warmup; dropout
-0.1, since 5,000 updates are only about 12 epochs. Measured on 2 CPU cores: 3,000 updates in 59 minutes alone
-(2026-12-01; test ROUGE-1/2/L 39.8 / 13.6 / 32.7 best-of-3 with the best checkpoint), extended to 5,000 on 2026-12-02
-(42 more minutes, about 15 of them shared with the test suite): validation perplexity 18.5 -> 17.0, and with the last
-5 averaged, test ROUGE-1/2/L 42.0 / 14.8 / 34.3 (best of the 3 references; 35.3 / 9.2 / 28.0 as their mean). The same
-recipe with --config.model.dtype=bfloat16 (2026-12-02, Intel Xeon with AMX, 79 minutes): 43.0 / 15.6 / 35.1 (best of
-3), 36.3 / 9.9 / 28.7 (mean), 36.1 / 9.7 / 28.4 (first reference); alpha 1.0 chosen on val over 1.5 (37.20 vs 31.47).
+Sized for a 2-core CPU: d_model 256, 4 heads, d_ff 512, 3+3 layers, a shared 8,000-piece vocabulary. Sources are
+truncated to 320 tokens (none is dropped), summaries kept whole; 32-token length buckets. Pre-norm layers with a short
+warmup (400 steps) to a 2e-3 inverse-sqrt peak, as the Multi30k recipe (it learns several times faster on a CPU
+budget); dropout 0.1, since 5,000 updates are only about 12 epochs. Evaluation averages the last 5 checkpoints and
+decodes with beam 4, length penalty 1.0, at least 10 tokens, no repeated trigram (as BART on CNN/DM); ROUGE-1/2/L.
+Run: train.py, then `jax_transformer.average RUN --last 5` and `jax_transformer.evaluate` (docs/summarization.md).
+Measured figures: docs/results.md#dialogsum-summarization.
 """
 
 from jax_transformer.config import Config, DataConfig, DecodeConfig, TrainConfig, model_preset

@@ -1,21 +1,13 @@
-"""English->German Multi30k: a small Transformer sized for a 2-core CPU, the project's main recipe.
+"""English->German Multi30k: the project's main recipe, a small Transformer sized for a 2-core CPU.
 
-The model is Wu et al. (ACL 2021)'s Transformer-tiny (4+4 layers, d_model 128, d_ff 256, 4 heads, dropout 0.3, shared
-vocabulary), trained for what a CPU affords in about an hour and a half: 8,000 updates of about 4,096 tokens (56
-epochs), pre-norm layers, an inverse-sqrt schedule peaking at 3e-3 after 400 warmup steps, label smoothing 0.1;
-evaluation averages the last 10 checkpoints (every 250 updates: steps 5,750-8,000) and decodes with beam 5, alpha 1.2
-(both chosen on val). Measured 2026-12-02 on 2 CPU cores: test2016 lc-tok BLEU 40.01 (val 40.71) after 98 minutes
-(the first 4,000 updates 42 minutes alone; the rest 55, some of it shared with tests). Those runs used 4-token length
-buckets (`--config.data.length_bucket_step=4` reproduces them); the recipe now buckets by 3 tokens (2026-12-02), which
-raises the real tokens per batch from 88.3% to 90.6% and was not re-trained to 8,000 updates.
+Wu et al. (ACL 2021)'s Transformer-tiny: 4+4 layers, d_model 128, d_ff 256, 4 heads, a shared 8,000-piece vocabulary.
+8,000 updates of about 4,096 tokens; pre-norm layers with an inverse-sqrt schedule peaking at 3e-3 after 400 warmup
+steps (it learns several times faster on a CPU budget than post-norm with a long warmup); dropout 0.3 (0.1 learns
+faster at first, then overfits); label smoothing 0.1; 3-token length buckets. Evaluation averages the last 10
+checkpoints and decodes with beam 5, alpha 1.2 (both chosen on val).
 
-Why not Wu et al.'s own schedule: their 41.02 BLEU came from 8,000 updates on two GPUs of 4,096 tokens each (8,192
-tokens per update, about 150 epochs of Multi30k) with post-norm layers and a 5e-3 peak after 2,000 warmup steps. Cut
-to 4,000 updates of 4,096 tokens on one CPU, that schedule reached validation perplexity 14.0 and test2016 lc-tok BLEU
-13.9 (2026-11-25). Pre-norm with a short warmup learns several times faster (perplexity 13.4 at step 500 with dropout
-0.1, against 63 for the old schedule). Dropout 0.1 is ahead until step 2,500, then overfits (validation perplexity 6.0
-at best, test2016 37.50); dropout 0.3 keeps improving: perplexity 5.5 at 4,000 updates (test2016 38.46 with the last
-5 checkpoints, alpha 0.6), 4.9 at 7,000-8,000.
+Run: `python scripts/multi30k_results.py --config configs/multi30k_en_de.py` (train, average, score, plot).
+Measured figures and how they were obtained: docs/results.md#multi30k-translation.
 """
 
 from jax_transformer.config import Config, DataConfig, DecodeConfig, TrainConfig, model_preset

@@ -1,19 +1,11 @@
-"""The paper's base model on WMT 2014 English->German (§5, §6.1), for GPUs: needs TFDS `wmt14_translate/de-en` prepared
-in TFDS_DATA_DIR (`tfds build wmt14_translate/de-en` on a machine with internet). bf16 compute, fp32 parameters.
+"""The paper's base model on WMT 2014 English->German (§5, §6.1), for GPUs: bf16 compute, fp32 parameters.
 
-§5.1: each step takes a batch of about 25,000 source and 25,000 target tokens (data.max_tokens is the padded
-max(source, target) length x sentences of the whole step) split over every device of the mesh: pure data parallel
-over all visible GPUs by default, as the paper's 8 P100s. 100k steps with 4,000 warmup steps of Eq. 3 (§5.3).
-§6.1 averages the last 5 checkpoints, written at 10-minute intervals (about 1,400 of the paper's steps): checkpoints
-are saved every 1,000 steps and the last 5 kept, so after training
-
-  python -m jax_transformer.average runs/wmt14_en_de_base --last 5 --out runs/wmt14_en_de_base/avg5
-
-One node with all its GPUs:   python train.py --config configs/wmt14_en_de_base.py
-Several nodes: the same command on every node, with --config.mesh.coordinator_address=HOST0:PORT,
---config.mesh.num_processes=N and --config.mesh.process_id=I (or under SLURM, nothing: detected); see the README.
-Fewer or smaller GPUs: keep the 25k-token step with --config.data.max_tokens=12500 --config.train.grad_accum_steps=2.
-Throughput: not measured yet (this recipe was written and tested without a GPU).
+Needs TFDS `wmt14_translate/de-en` prepared in TFDS_DATA_DIR (`tfds build wmt14_translate/de-en` on a machine with
+internet). Each step takes about 25,000 source and 25,000 target tokens (§5.1) split over every device of the mesh,
+pure data parallel over all visible GPUs by default; 100k steps with 4,000 warmup steps of Eq. 3 (§5.3); checkpoints
+every 1,000 steps, the last 5 kept for averaging as §6.1 does (`python -m jax_transformer.average RUN --last 5`).
+Run: `python train.py --config configs/wmt14_en_de_base.py`; several nodes, fewer or smaller GPUs: docs/distributed.md.
+Not measured yet: docs/distributed.md#known-limitations.
 """
 
 from jax_transformer.config import Config, DataConfig, DecodeConfig, MeshConfig, TrainConfig, model_preset
