@@ -256,13 +256,14 @@ class DecoderLayer(ResidualLayer):
 
         def self_attention(h):
             nonlocal new_cache
+            if cache is None:  # the whole prefix: keys and values are projected inside the attention
+                return self.self_attn(h, h, self_mask)[0]
             key_value = self.self_attn.project_key_value(h)  # (batch, heads, tgt_len, head_dim) each
-            if cache is not None:
-                new_cache = {
-                    name: jax.lax.dynamic_update_slice_in_dim(cache[name], new.astype(cache[name].dtype), index, axis=2)
-                    for name, new in zip(("key", "value"), key_value, strict=True)
-                }
-                key_value = (new_cache["key"], new_cache["value"])
+            new_cache = {
+                name: jax.lax.dynamic_update_slice_in_dim(cache[name], new.astype(cache[name].dtype), index, axis=2)
+                for name, new in zip(("key", "value"), key_value, strict=True)
+            }
+            key_value = (new_cache["key"], new_cache["value"])
             return self.self_attn(h, mask=self_mask, key_value=key_value)[0]
 
         x = self.residual(x, self_attention, self.self_attn_norm)
