@@ -184,7 +184,9 @@ class ClassificationBatches:
     def __init__(self, dataset: "Dataset", batch_size: int, step: int, max_len: int, pad_id: int, seed: int = 0):
         self.dataset, self.seed = dataset, seed
         self._make = lambda rng: make_batches(dataset.ids, dataset.labels, batch_size, step, max_len, pad_id, rng)
-        self.num_batches_per_epoch = len(self._make(None))
+        plan = self._make(None)  # the shapes and counts are the same every epoch; only the order changes
+        self.num_batches_per_epoch = len(plan)
+        self._stats = padding_stats(plan, pad_id)
         settings = [batch_size, step, max_len, pad_id, seed, len(dataset.ids)]
         digest = hashlib.sha256(json.dumps(settings).encode() + np.asarray(dataset.labels).tobytes())
         for ids in dataset.ids:
@@ -195,6 +197,10 @@ class ClassificationBatches:
 
     def __len__(self) -> int:
         return self.num_batches_per_epoch
+
+    def stats(self) -> dict:
+        """Batches per epoch, distinct shapes and the share of real (non-padding) tokens."""
+        return self._stats
 
     def _epoch(self, epoch: int) -> list[dict]:
         if self._cached is None or self._cached[0] != epoch:

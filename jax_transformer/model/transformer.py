@@ -189,8 +189,16 @@ def _layer_norm(config: ModelConfig, rngs):
 
 
 class ResidualLayer(nnx.Module):
-    """The residual connection around each sub-layer, shared by the encoder and decoder layers (which own `dropout`
-    and `pre_norm`)."""
+    """What the encoder and decoder layers share: self-attention and the feed-forward network, each with its
+    LayerNorm, and the residual connection (with dropout) around every sub-layer."""
+
+    def __init__(self, config: ModelConfig, *, rngs):
+        self.self_attn = _attention(config, rngs)
+        self.self_attn_norm = _layer_norm(config, rngs)
+        self.feed_forward = _feed_forward(config, rngs)
+        self.feed_forward_norm = _layer_norm(config, rngs)
+        self.dropout = Dropout(config.dropout, rngs=rngs)
+        self.pre_norm = config.norm_position == "pre"
 
     def residual(self, x, sublayer, norm):
         """§3.1 + §5.4: post-norm LayerNorm(x + Dropout(Sublayer(x)));
@@ -217,14 +225,6 @@ def _feed_forward(config: ModelConfig, rngs):
 class EncoderLayer(ResidualLayer):
     """§3.1: self-attention, then a feed-forward network; each wrapped in a residual connection and LayerNorm."""
 
-    def __init__(self, config: ModelConfig, *, rngs):
-        self.self_attn = _attention(config, rngs)
-        self.self_attn_norm = _layer_norm(config, rngs)
-        self.feed_forward = _feed_forward(config, rngs)
-        self.feed_forward_norm = _layer_norm(config, rngs)
-        self.dropout = Dropout(config.dropout, rngs=rngs)
-        self.pre_norm = config.norm_position == "pre"
-
     def __call__(self, x, mask):  # x: (batch, src_len, d_model); mask: (batch, 1, 1, src_len)
         x = self.residual(x, lambda h: self.self_attn(h, h, mask)[0], self.self_attn_norm)
         return self.residual(x, self.feed_forward, self.feed_forward_norm)
@@ -234,12 +234,7 @@ class DecoderLayer(ResidualLayer):
     """§3.1: masked self-attention, attention over the encoder output, then a feed-forward network."""
 
     def __init__(self, config: ModelConfig, *, rngs):
-        self.self_attn = _attention(config, rngs)
-        self.self_attn_norm = _layer_norm(config, rngs)
-        self.feed_forward = _feed_forward(config, rngs)
-        self.feed_forward_norm = _layer_norm(config, rngs)
-        self.dropout = Dropout(config.dropout, rngs=rngs)
-        self.pre_norm = config.norm_position == "pre"
+        super().__init__(config, rngs=rngs)  # the same construction order as before: the same initial weights
         self.cross_attn = _attention(config, rngs)
         self.cross_attn_norm = _layer_norm(config, rngs)
 

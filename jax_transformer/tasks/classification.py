@@ -195,7 +195,7 @@ class ClassificationTask:
                                                    pad_id, config.seed)  # fmt: skip
         updates_per_epoch = -(-len(self.batches) // tcfg.grad_accum_steps)
         self.total_steps = tcfg.steps or tcfg.epochs * updates_per_epoch
-        stats = cdata.padding_stats(self.batches._epoch(0), pad_id)
+        stats = self.batches.stats()
         say(
             f"data: {len(train_set.ids):,} training examples ({truncated:,} truncated to {cfg.max_len} tokens), "
             f"{len(self.valid_set.ids):,} dev; labels {labels}; {stats['batches']:,} batches/epoch in "
