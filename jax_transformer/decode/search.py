@@ -130,7 +130,7 @@ def length_penalty(length, alpha: float):
 def beam_search(
     model, src_ids, beam_size: int, max_len: int, bos_id: int, eos_id: int, alpha: float, limits=None,
     min_len: int = 0, no_repeat_ngram_size: int = 0, cache_block: int | None = CACHE_BLOCK,
-    finish_from_top_k: bool = False,
+    finish_from_top_k: bool = False, renormalize_bans: bool = False,
 ):  # fmt: skip
     """Batched beam search over the KV cache. Returns (tokens (batch, max_len), scores (batch,)) of the best
     hypothesis per sentence, scored log P(y | x) / length_penalty(|y|) with |y| counting EOS.
@@ -142,6 +142,11 @@ def beam_search(
     keeps more short, probable hypotheses. A sentence is done when no live beam can still beat its worst finished
     hypothesis (log P only falls and the penalty is largest at the limit); the loop ends when every sentence is done
     or at max_len.
+
+    Banned tokens (PAD, BOS, and the options' bans) are removed after the log-softmax, as fairseq and Hugging Face
+    do: a hypothesis keeps the log-probability the model gives it. With `renormalize_bans` they are removed before
+    it, so each step's probabilities are renormalized over the allowed tokens (CTranslate2's rule). The two differ
+    only where the model gives banned tokens real mass (untrained models; parity_tests/test_ct2.py measures it).
     """
     batch, k, pad_id = src_ids.shape[0], beam_size, model.config.pad_id
     limits = jnp.full((batch,), max_len, jnp.int32) if limits is None else limits
@@ -174,9 +179,10 @@ def beam_search(
         index, last, cache, alive_logp, alive_seqs, finished_scores, finished_seqs = carry
         logits, cache = model.decode_step(last, index, cache, cross, src_mask)  # (batch * k, vocab)
         vocab = logits.shape[-1]
-        log_probs = jax.nn.log_softmax(logits).reshape(batch, k, vocab)
-        log_probs = _ban(log_probs, alive_seqs, index, eos_id, min_len, no_repeat_ngram_size)
-        log_probs = _constrain(log_probs, index, limits, eos_id, (pad_id, bos_id))
+        scores = logits if renormalize_bans else jax.nn.log_softmax(logits)
+        scores = _ban(scores.reshape(batch, k, vocab), alive_seqs, index, eos_id, min_len, no_repeat_ngram_size)
+        scores = _constrain(scores, index, limits, eos_id, (pad_id, bos_id))
+        log_probs = jax.nn.log_softmax(scores) if renormalize_bans else scores  # (batch, k, vocab)
         candidates = (alive_logp[:, :, None] + log_probs).reshape(batch, k * vocab)
         top_logp, top_index = jax.lax.top_k(candidates, 2 * k)  # (batch, 2k)
         top_beam, top_token = top_index // vocab, (top_index % vocab).astype(jnp.int32)

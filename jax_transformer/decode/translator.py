@@ -1,10 +1,12 @@
 """Translating text with a trained model: loading a run (or an averaged / exported model), batching, searching.
 
 `load_translator(path)` accepts a run directory (`--step latest|best|N`), an averaged checkpoint directory written by
-`average`, or a directory exported with `export --to torch` (config.json + model.safetensors + spm.model).
+`average`, a directory exported with `export --to torch` (config.json + model.safetensors + spm.model), or one
+exported with `export --to ct2` (translated by CTranslate2, interop/ct2.py).
 """
 
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -81,10 +83,25 @@ class Translator:
     def translate(self, sentences: list[str], beam_size=None, alpha=None, progress=False) -> list[str]:
         """Translate raw sentences (empty lines give empty translations). Sources longer than data.max_source_len
         tokens (when set) are truncated as in training."""
-        ids = self.tokenizer.encode(sentences)
-        eos, limit = self.tokenizer.eos_id, self.config.data.max_source_len  # truncated as in training
-        examples = [(np.array(data_lib.truncate_source(s, limit, eos)[0] + [eos], np.int32), None) for s in ids]
+        eos = self.tokenizer.eos_id
+        sources = prepare_sources(self.tokenizer, sentences, self.config)
+        examples = [(np.array(s + [eos], np.int32), None) for s in sources]
         return self.translate_examples(examples, beam_size, alpha, progress=progress)
+
+
+def prepare_sources(tokenizer: Tokenizer, sentences: list[str], config: Config) -> list[list[int]]:
+    """Token ids of each sentence (without EOS), cut so that ids + EOS fit data.max_source_len (when set, as in
+    training) and the model's positions (model.max_len); says on stderr how many were cut."""
+    limit = min(config.data.max_source_len or config.model.max_len, config.model.max_len)
+    sources, cut = [], 0
+    for ids in tokenizer.encode(sentences):
+        ids, was_cut = data_lib.truncate_source(ids, limit, tokenizer.eos_id)
+        sources.append(ids)
+        cut += was_cut
+    if cut:
+        print(f"note: {cut} of {len(sentences)} source line(s) were longer than {limit} tokens (EOS included) and were "
+              f"cut to their first {limit - 1} tokens", file=sys.stderr)  # fmt: skip
+    return sources
 
 
 def _read_step(run_dir: str, step: str) -> tuple[Checkpointer, int]:
@@ -105,7 +122,12 @@ def _read_step(run_dir: str, step: str) -> tuple[Checkpointer, int]:
 
 
 def load_translator(path: str, step: str = "latest") -> Translator:
-    """A Translator from a run directory, an averaged checkpoint, or an exported (safetensors) directory."""
+    """A Translator from a run directory, an averaged checkpoint, or an exported (safetensors) directory; for a
+    CTranslate2 directory (`export --to ct2`), a `CT2Translator` with the same `translate`."""
+    from jax_transformer.interop.ct2 import CT2Translator, is_ct2_dir
+
+    if is_ct2_dir(path):
+        return CT2Translator(path)
     config_path = os.path.join(path, "config.json")
     if not os.path.isdir(path) or not os.path.exists(config_path):
         raise UserError(f"{path} is not a run or model directory (no config.json); fix: pass e.g. runs/NAME")
