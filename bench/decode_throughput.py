@@ -1,29 +1,41 @@
-"""Beam-search decoding speed: JAX with the KV cache, JAX without it, and Hugging Face generate() on the exported
-weights, on the same sentences in the same batches; with the BLEU each gets (they must agree).
+"""Beam-search decoding speed, like for like: our JAX search (KV cache; optionally without), Hugging Face generate() on
+the `export --to hf` weights, and CTranslate2 (fp32 and int8) on the `export --to ct2` weights.
 
   python bench/decode_throughput.py --model runs/multi30k_en_de_demo [--beam 4] [--sentences 1000] [--batch 64]
 
-"Uncached" runs the same beam search, but every step re-runs the whole decoder over the prefix (what decoding costs
-without a cache). Hugging Face uses num_beams=K, length_penalty=0 (see the README for why its penalty differs) and
-max_new_tokens = our per-batch limit; our searches use alpha=0 here too so that all search the same objective. The
-first row runs our beam search with Hugging Face's finishing rule (`finish_from_top_k`: only top-K candidates may
-finish), so that its outputs can be compared with generate()'s; the second with our default rule.
-Every decoder first translates one batch of each shape (JAX compiles there); then all batches are timed.
+What is the same for every row: the first N sentences of Multi30k test2016, in the same length-sorted batches of
+--batch sentences (sources = our ids + EOS); beam size; length penalty 0 (alpha 0: every system searches log P);
+PAD and BOS never produced; **one per-sentence output limit**, source length + decode.max_extra_len tokens counting
+EOS, forced to end with EOS (ours natively; Hugging Face through a logits processor that forces EOS per row, as its
+own forced_eos_token_id does per batch; CTranslate2 takes one max_decoding_length per call, so a batch is split by
+limit); threads: XLA's pool, torch.set_num_threads and CTranslate2's intra_threads all use the cores this process
+may run on. Every system first decodes one batch of each shape (JAX compiles there); then all batches are timed,
+--repeats times, the systems taking turns; the median pass is reported.
+
+The finishing rules differ between libraries, so each library is paired with our search run under its rules:
+Hugging Face and CTranslate2 finalize only EOS candidates ranked in the top K of the 2K expanded (our
+`finish_from_top_k`); CTranslate2 also renormalizes each step's probabilities after banning PAD/BOS
+(`renormalize_bans`). Those pairs must give identical outputs: the script exits with status 1 if they do not.
+int8 is compared with CTranslate2 fp32 (its BLEU change is the figure of interest). "Uncached" reruns the whole
+decoder over the prefix each step (what decoding costs without a cache).
 """
 
 import argparse
 import gzip
 import os
+import shutil
+import statistics
+import sys
 import tempfile
 import time
 
-import common  # noqa: F401  (puts the repository on sys.path)
+import common
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jax_transformer.decode.search import CACHE_BLOCK, beam_search, output_limits
+from jax_transformer.decode.search import CACHE_BLOCK, beam_search
 from jax_transformer.decode.translator import load_translator
 from jax_transformer.metrics import bleu
 
@@ -50,24 +62,37 @@ class UncachedStepper:
         return jax.lax.dynamic_index_in_dim(logits, index, axis=1, keepdims=False), {"tokens": tokens}
 
 
-def main():
+def strip(rows, eos: int, pad: int) -> list[list[int]]:
+    """Output rows up to EOS (excluded), padding dropped: the form every runner returns."""
+    out = []
+    for row in np.asarray(rows).tolist():
+        row = row[: row.index(eos)] if eos in row else row
+        out.append([t for t in row if t != pad])
+    return out
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="a trained run or model directory")
     parser.add_argument("--beam", type=int, default=4)
     parser.add_argument("--sentences", type=int, default=1000, help="first N of Multi30k test2016")
-    parser.add_argument("--batch", type=int, default=64, help="sentences per batch (all three use the same)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["uncached", "hf"])
+    parser.add_argument("--batch", type=int, default=64, help="sentences per batch (every system uses the same)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes over all batches; the median is shown")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["uncached", "hf", "ct2", "jax-default"])
     parser.add_argument("--cache-block", type=int, default=CACHE_BLOCK,
                         help="first length of the growing KV cache (0: one cache of the full output length)")
     args = parser.parse_args()
 
+    threads = common.available_cores()
     translator = load_translator(args.model)
     config, tok = translator.config, translator.tokenizer
+    eos, pad, bos = tok.eos_id, tok.pad_id, tok.bos_id
     lang_src, lang_tgt = config.data.src_lang, config.data.tgt_lang
     read = lambda lang: gzip.open(f"data/multi30k/test_2016_flickr.{lang}.gz", "rt", encoding="utf-8").read()
     sources = read(lang_src).splitlines()[: args.sentences]
     references = read(lang_tgt).splitlines()[: args.sentences]
     ids = tok.encode(sources)
+    extra, cap = config.decode.max_extra_len, config.model.max_len
     order = np.argsort([len(s) for s in ids], kind="stable")  # length-sorted batches, the same for everyone
     batches = []
     for start in range(0, len(order), args.batch):
@@ -75,78 +100,139 @@ def main():
         width = -(-max(len(ids[i]) + 1 for i in rows) // 8) * 8
         src = np.zeros((len(rows), width), np.int32)
         for r, i in enumerate(rows):
-            src[r, : len(ids[i]) + 1] = ids[i] + [tok.eos_id]
-        batches.append((rows, src))
+            src[r, : len(ids[i]) + 1] = ids[i] + [eos]
+        limits = np.array([min(len(ids[i]) + 1 + extra, cap) for i in rows], np.int32)  # EOS counted
+        batches.append((rows, src, limits))
 
     model = nnx.merge(translator.graphdef, translator.params, translator.rest)
-    extra, cap = config.decode.max_extra_len, config.model.max_len
+    runners, rules = {}, {}
 
-    def jax_runner(stepper, finish_from_top_k=True):
+    def jax_runner(stepper, **rule):
         @jax.jit
         def run(src, limits):
-            max_len = src.shape[1] + extra
-            return beam_search(stepper, src, args.beam, min(max_len, cap), tok.bos_id, tok.eos_id, 0.0, limits,
-                               cache_block=args.cache_block or None, finish_from_top_k=finish_from_top_k)[0]
+            max_len = min(src.shape[1] + extra, cap)
+            return beam_search(stepper, src, args.beam, max_len, bos, eos, 0.0, limits,
+                               cache_block=args.cache_block or None, **rule)[0]  # fmt: skip
 
-        def translate(src):
-            limits = output_limits(jnp.asarray(src), 0, extra, min(src.shape[1] + extra, cap))
-            return np.asarray(run(src, limits))
+        return lambda rows, src, limits: strip(run(src, jnp.asarray(limits)), eos, pad)
 
-        return translate
-
-    runners = {"jax cached, HF's finishing rule": jax_runner(model)}
-    runners["jax cached, default rule"] = jax_runner(model, finish_from_top_k=False)
+    hf_rule = dict(finish_from_top_k=True)
+    ct2_rule = dict(finish_from_top_k=True, renormalize_bans=True)
+    runners["JAX, KV cache, Hugging Face's rules"] = jax_runner(model, **hf_rule)
+    if "ct2" not in args.skip:
+        runners["JAX, KV cache, CTranslate2's rules"] = jax_runner(model, **ct2_rule)
+    if "jax-default" not in args.skip:
+        runners["JAX, KV cache, our default rules"] = jax_runner(model)
     if "uncached" not in args.skip:
-        runners["jax uncached"] = jax_runner(UncachedStepper(model))
+        runners["JAX, no cache, Hugging Face's rules"] = jax_runner(UncachedStepper(model), **hf_rule)
+
+    workdir = tempfile.mkdtemp()
     if "hf" not in args.skip:
         import torch
-        from transformers import AutoModelForSeq2SeqLM
+        import transformers
+        from transformers import AutoModelForSeq2SeqLM, LogitsProcessor, LogitsProcessorList
 
         from jax_transformer.interop.hf_export import save_hf
 
-        out = os.path.join(tempfile.mkdtemp(), "hf")
-        save_hf(model, config, tok, out)
-        hf = AutoModelForSeq2SeqLM.from_pretrained(out).eval()
+        torch.set_num_threads(threads)
+        transformers.logging.set_verbosity_error()  # max_new_tokens per batch overrides the exported max_length
+        save_hf(model, config, tok, os.path.join(workdir, "hf"))
+        hf = AutoModelForSeq2SeqLM.from_pretrained(os.path.join(workdir, "hf")).eval()
 
-        def hf_translate(src):
+        class PerSentenceLimit(LogitsProcessor):
+            """Only EOS, at no cost, at the last position each sentence may fill (our rule; generate() has it
+            per batch as forced_eos_token_id). Beam rows are sentence-major: row r is sentence r // beams."""
+
+            def __init__(self, limits):
+                self.limits = torch.as_tensor(limits).repeat_interleave(args.beam)
+
+            def __call__(self, input_ids, scores):
+                at_limit = input_ids.shape[1] >= self.limits  # tokens so far (decoder start included) + 1 >= limit
+                if bool(at_limit.any()):
+                    scores[at_limit] = -float("inf")
+                    scores[at_limit, eos] = 0.0
+                return scores
+
+        def hf_translate(rows, src, limits):
             with torch.no_grad():
                 src_t = torch.as_tensor(src, dtype=torch.long)
                 out_ids = hf.generate(
-                    input_ids=src_t, attention_mask=src_t != 0, num_beams=args.beam, length_penalty=0.0,
-                    max_new_tokens=min(src.shape[1] + extra, cap), early_stopping="never", do_sample=False,
+                    input_ids=src_t, attention_mask=src_t != pad, num_beams=args.beam, length_penalty=0.0,
+                    max_new_tokens=int(limits.max()), early_stopping="never", do_sample=False,
+                    logits_processor=LogitsProcessorList([PerSentenceLimit(limits)]),
                 )  # fmt: skip
-            return out_ids[:, 1:].numpy()  # drop the decoder start token
+            return strip(out_ids[:, 1:].numpy(), eos, pad)  # the decoder start token dropped
 
-        runners["hf generate"] = hf_translate
+        runners["Hugging Face generate()"] = hf_translate
+        rules["Hugging Face generate()"] = "JAX, KV cache, Hugging Face's rules"
+
+    if "ct2" not in args.skip:
+        from jax_transformer.interop.ct2 import CT2Translator, save_ct2
+
+        for quantization in ("float32", "int8"):
+            out = os.path.join(workdir, f"ct2_{quantization}")
+            save_ct2(model, config, tok, out, quantization)
+            engine = CT2Translator(out, threads=threads)
+
+            def ct2_translate(rows, src, limits, engine=engine):
+                return engine.search([ids[i] for i in rows], args.beam, 0.0)  # groups the batch by limit
+
+            runners[f"CTranslate2 {quantization}"] = ct2_translate
+        rules["CTranslate2 float32"] = "JAX, KV cache, CTranslate2's rules"
+        rules["CTranslate2 int8"] = "CTranslate2 float32"
 
     print(
-        f"beam {args.beam}, {len(sources)} sentences of Multi30k test2016 in {len(batches)} batches of <= {args.batch};"
-        f" JAX KV cache grown from {args.cache_block or 'the full output length'}"
+        f"{common.cpu_model()}, {threads} threads; beam {args.beam}, alpha 0; {len(sources)} sentences of Multi30k "
+        f"test2016 in {len(batches)} batches of <= {args.batch}; per-sentence limit source + {extra} tokens; "
+        f"JAX KV cache grown from {args.cache_block or 'the full output length'}"
     )
-    rows, first = [], None
+    outputs, timings, warmups = {}, {name: [] for name in runners}, {}
     for name, translate in runners.items():
         started = time.perf_counter()
-        for src in {src.shape: src for _, src in batches}.values():  # one batch per shape: compile each first
-            translate(src)
-        warmup = time.perf_counter() - started
-        hypotheses = [""] * len(sources)
-        started = time.perf_counter()
-        for rows_idx, src in batches:
-            for r, text in zip(rows_idx, tok.decode(translate(src).tolist()), strict=True):
-                hypotheses[r] = text
-        elapsed = time.perf_counter() - started
-        score = bleu(hypotheses, references)[0].score
-        first = first or hypotheses
-        same = sum(a == b for a, b in zip(hypotheses, first, strict=True)) / len(first)
-        rows.append(f"| {name} | {len(sources) / elapsed:,.1f} | {elapsed:,.1f} | {warmup:,.1f} | {score:.2f} "
-                    f"| {same:.1%} |")  # fmt: skip
-    print("\n| decoder | sentences/s | seconds | warm-up s | BLEU | outputs identical to the first row |")
-    print("|---|---:|---:|---:|---:|---:|\n" + "\n".join(rows))
-    print(
-        "(warm-up: one call per batch shape before timing; for the JAX rows that is compiling, or loading from the"
-        " persistent compilation cache)"
-    )
+        for batch in {b[1].shape: b for b in batches}.values():  # one batch per shape: JAX compiles each here
+            translate(*batch)
+        warmups[name] = time.perf_counter() - started
+    for repeat in range(args.repeats):  # round robin, so that a slow spell of the machine hits every system alike
+        for name, translate in runners.items():
+            tokens = [None] * len(sources)
+            started = time.perf_counter()
+            for rows, src, limits in batches:
+                for r, out in zip(rows, translate(rows, src, limits), strict=True):
+                    tokens[r] = out
+            timings[name].append(time.perf_counter() - started)
+            outputs[name] = tokens  # every repeat gives the same outputs (deterministic searches)
+            print(f"  {name}, pass {repeat + 1}: {len(sources) / timings[name][-1]:.1f} sentences/s", file=sys.stderr)
+    shutil.rmtree(workdir, ignore_errors=True)
+    seconds = {name: statistics.median(times) for name, times in timings.items()}
+
+    hf_speed = len(sources) / seconds["Hugging Face generate()"] if "Hugging Face generate()" in seconds else None
+    failures = []
+    print(f"\nmedian of {args.repeats} timed passes over the {len(sources)} sentences:")
+    print("\n| decoder | sentences/s | x Hugging Face | seconds | warm-up s | BLEU | compared with | identical |")
+    print("|---|---:|---:|---:|---:|---:|---|---:|")
+    for name, tokens in outputs.items():
+        speed = len(sources) / seconds[name]
+        score = bleu(tok.decode(tokens), references)[0].score
+        ratio = f"{speed / hf_speed:.2f}x" if hf_speed else "-"
+        other = rules.get(name)
+        same = "-"
+        if other in outputs:
+            matches = sum(a == b for a, b in zip(tokens, outputs[other], strict=True))
+            same = f"{matches}/{len(tokens)}"
+            if matches != len(tokens) and name != "CTranslate2 int8":  # int8 is an approximation, not a rule match
+                first = next(i for i, (a, b) in enumerate(zip(tokens, outputs[other], strict=True)) if a != b)
+                failures.append(f"{name} differs from {other} on {len(tokens) - matches} sentences (first: #{first})")
+        print(f"| {name} | {speed:.1f} | {ratio} | {seconds[name]:.1f} | {warmups[name]:.1f} | {score:.2f} | "
+              f"{other or '-'} | {same} |")  # fmt: skip
+    if "CTranslate2 int8" in outputs:
+        scores = {q: bleu(tok.decode(outputs[f"CTranslate2 {q}"]), references)[0].score for q in ("float32", "int8")}
+        print(f"\nint8 changes BLEU by {scores['int8'] - scores['float32']:+.2f} (float32 {scores['float32']:.2f})")
+    print("(warm-up: one call per batch shape before timing; for the JAX rows that is compiling, or loading from the"
+          " persistent compilation cache)")  # fmt: skip
+    for failure in failures:
+        print(f"FAILED: {failure}", file=sys.stderr)
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from jax_transformer.config import model_preset
-from jax_transformer.decode.search import beam_search, greedy_search, output_limits
+from jax_transformer.decode.search import beam_search, greedy_search, output_limits, top_k
 from jax_transformer.model.transformer import Transformer
 from jax_transformer.train.checkpoint import Checkpointer, average_params
 from tests.copy_task import BOS, EOS, token_accuracy, train_copy_model
@@ -104,6 +104,23 @@ def test_beam_finds_at_least_the_greedy_probability():
     greedy_lp, beam_lp = _log_prob(model, src, greedy, 6), _log_prob(model, src, beam, 6)
     assert np.all(beam_lp >= greedy_lp - 1e-4), (beam_lp, greedy_lp)
     np.testing.assert_allclose(np.asarray(scores), beam_lp, atol=1e-4)  # the score is the log probability
+
+
+@pytest.mark.parametrize("n", [100, 32000, 32003])
+def test_chunked_top_k_equals_lax_top_k(n):
+    """The search's two-pass top-k (used when the candidates are many) returns lax.top_k's values and indices, also
+    with banned (-1e9) and -inf entries, a vocabulary not a multiple of the chunk, and the maxima in one chunk."""
+    rng = np.random.default_rng(n)
+    x = rng.normal(size=(6, n)).astype(np.float32)
+    x[0, : n // 2] = -1.0e9  # half banned
+    x[1, rng.integers(0, n, 50)] = -np.inf
+    x[2, 7:15] += 100.0  # the 8 largest side by side in one chunk
+    x[3, -3:] += 100.0  # the largest in the padded last chunk
+    values, index = top_k(jnp.asarray(x), 8)
+    want_values, want_index = jax.lax.top_k(jnp.asarray(x), 8)
+    np.testing.assert_array_equal(np.asarray(values), np.asarray(want_values))
+    np.testing.assert_array_equal(np.asarray(index), np.asarray(want_index))
+    np.testing.assert_array_equal(np.take_along_axis(x, np.asarray(index), axis=1), np.asarray(values))
 
 
 @pytest.mark.parametrize("search", ["greedy", "beam"])
