@@ -207,13 +207,17 @@ def main() -> int:
 
     hf_speed = len(sources) / seconds["Hugging Face generate()"] if "Hugging Face generate()" in seconds else None
     failures = []
-    print(f"\nmedian of {args.repeats} timed passes over the {len(sources)} sentences:")
+    print(f"\nmedian of {args.repeats} timed passes over the {len(sources)} sentences; the ratio to Hugging Face is "
+          "the median (range) of the per-pass ratios:")  # fmt: skip
     print("\n| decoder | sentences/s | x Hugging Face | seconds | warm-up s | BLEU | compared with | identical |")
     print("|---|---:|---:|---:|---:|---:|---|---:|")
     for name, tokens in outputs.items():
         speed = len(sources) / seconds[name]
         score = bleu(tok.decode(tokens), references)[0].score
-        ratio = f"{speed / hf_speed:.2f}x" if hf_speed else "-"
+        ratio = "-"
+        if hf_speed:  # per pass (round robin: neighbours in time), median and range over the passes
+            ratios = [hf / t for t, hf in zip(timings[name], timings["Hugging Face generate()"], strict=True)]
+            ratio = f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
         other = rules.get(name)
         same = "-"
         if other in outputs:

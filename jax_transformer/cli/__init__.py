@@ -17,6 +17,17 @@ def enable_compilation_cache() -> None:
         jax.config.update("jax_compilation_cache_dir", DEFAULT_COMPILATION_CACHE)
 
 
+def require_new_output_dir(out_dir: str, *sources: str) -> None:
+    """The rule of every command that writes a model directory: `out_dir` must not exist or be empty, and must not
+    be one of its inputs. Checked before any work, so nothing is overwritten or mixed."""
+    from jax_transformer.config import UserError
+
+    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
+        raise UserError(f"{out_dir} already exists and is not empty; fix: choose another --out or delete it")
+    if any(os.path.abspath(out_dir) == os.path.abspath(source) for source in sources):
+        raise UserError("--out must differ from the model directory")
+
+
 def run_cli(fn) -> int:
     """Call `fn()`; print a `UserError` (bad files, flags, configs, checkpoints) as one line, no traceback."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -9,7 +9,7 @@ import argparse
 import os
 import sys
 
-from jax_transformer.cli import run_cli
+from jax_transformer.cli import require_new_output_dir, run_cli
 
 
 def average_run(run_dir: str, last: int, out_dir: str) -> list[int]:
@@ -22,6 +22,7 @@ def average_run(run_dir: str, last: int, out_dir: str) -> list[int]:
 
     if last < 1:
         raise UserError(f"--last must be at least 1, got {last}")
+    require_new_output_dir(out_dir, run_dir)
     translator = load_translator(run_dir)
     checkpoints = Checkpointer(os.path.join(run_dir, "checkpoints"), read_only=True)
     steps = sorted(checkpoints.all_steps())[-last:]
@@ -38,7 +39,7 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("run", help="the run directory (runs/NAME)")
     parser.add_argument("--last", type=int, default=10, help="how many of the latest checkpoints (default 10)")
-    parser.add_argument("--out", required=True, help="output model directory (must not hold a model yet)")
+    parser.add_argument("--out", required=True, help="output model directory (must not exist or be empty)")
     args = parser.parse_args(argv)
 
     def run():

@@ -24,7 +24,7 @@ import argparse
 import os
 import sys
 
-from jax_transformer.cli import run_cli
+from jax_transformer.cli import require_new_output_dir, run_cli
 
 TARGETS = ("torch", "hf", "ct2")
 
@@ -35,10 +35,7 @@ def export(model_path: str, to: str, out_dir: str, step: str = "latest", quantiz
 
     if to not in TARGETS:
         raise UserError(f"--to must be one of {', '.join(TARGETS)}, got {to!r}")
-    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
-        raise UserError(f"{out_dir} already exists and is not empty; fix: choose another --out or delete it")
-    if os.path.abspath(out_dir) == os.path.abspath(model_path):
-        raise UserError("--out must differ from the model directory")
+    require_new_output_dir(out_dir, model_path)
 
     from jax_transformer.decode.translator import load_translator
     from jax_transformer.interop.ct2 import QUANTIZATIONS, is_ct2_dir

@@ -78,24 +78,50 @@ class Checkpointer:
                 args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()),
             )
         except (ValueError, KeyError, TypeError) as e:
+            if self._damaged(step):
+                raise self._damaged_error(step, e) from None
             raise UserError(
                 f"checkpoint {self.directory}/{step} does not fit this model ({str(e).splitlines()[0][:200]}); "
                 "it was written by a different config: use another run directory"
             ) from None
+        except Exception as e:  # orbax / tensorstore errors of unreadable files
+            raise self._damaged_error(step, e) from None
         return restored["state"], restored["meta"]
+
+    def _damaged(self, step: int) -> bool:
+        """Whether checkpoint `step` fails to read even without a target structure (damaged files)."""
+        try:
+            self.restore_arrays(step)
+        except UserError:
+            return True
+        return False
+
+    def _damaged_error(self, step: int, error: Exception) -> UserError:
+        others = [s for s in self.all_steps() if s != step]
+        message = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+        fix = (f"pass --step with another kept checkpoint ({', '.join(map(str, others))}), or delete "
+               f"{self.directory}/{step} to resume training from the latest other one") if others else (
+               f"delete {self.directory}/{step} and train again")  # fmt: skip
+        return UserError(f"checkpoint {self.directory}/{step} is damaged or incomplete ({message}); fix: {fix}")
 
     def restore_arrays(self, step: int):
         """Checkpoint `step`'s state as plain nested dicts of arrays (nnx "pure dicts": layer indices as ints, no
         Variable wrappers), without a target structure (for inspection,
         averaging, inference and export), on this process's first device, whatever mesh of devices wrote it."""
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        metadata = self.manager.item_metadata(step)["state"].tree  # shapes and dtypes of what was saved
-        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
-        restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+        try:
+            metadata = self.manager.item_metadata(step)["state"].tree  # shapes and dtypes of what was saved
+            target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
+            restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+        except Exception as e:  # orbax / tensorstore errors of unreadable files
+            raise self._damaged_error(step, e) from None
         return _plain(restored["state"])
 
     def restore_meta(self, step: int) -> dict:
-        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        try:
+            return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        except Exception as e:
+            raise self._damaged_error(step, e) from None
 
     def close(self) -> None:
         self.manager.close()
