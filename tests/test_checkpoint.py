@@ -27,3 +27,31 @@ def test_no_evaluated_checkpoint_has_no_best(tmp_path):
     checkpoints = Checkpointer(str(tmp_path / "c"), keep=2)
     checkpoints.save(1, {"params": {"w": np.zeros((2,), np.float32)}}, {"step": 1, "metrics": {}})
     assert checkpoints.best_step() is None
+
+
+def test_a_damaged_checkpoint_is_named_with_the_way_out(tmp_path):
+    """A truncated data file: restoring (for training or inference) raises one UserError naming the step and the
+    other kept checkpoints, not an orbax traceback."""
+    import os
+
+    import jax
+
+    from jax_transformer.config import UserError
+
+    directory = str(tmp_path / "c")
+    checkpoints = Checkpointer(directory, keep=2)
+    state = {"params": {"w": np.arange(4096, dtype=np.float32)}}
+    for step in (1, 2):
+        checkpoints.save(step, state, {"step": step})
+    files = [os.path.join(d, f) for d, _, names in os.walk(os.path.join(directory, "2")) for f in names]
+    largest = max(files, key=os.path.getsize)
+    with open(largest, "r+b") as f:
+        f.truncate(os.path.getsize(largest) // 2)
+    reopened = Checkpointer(directory, read_only=True)
+    for restore in (lambda: reopened.restore_arrays(2), lambda: reopened.restore(2, jax.tree.map(np.asarray, state))):
+        with pytest.raises(UserError) as error:
+            restore()
+        message = str(error.value)
+        assert "checkpoint" in message and "/2 is damaged or incomplete" in message, message
+        assert "--step with another kept checkpoint (1)" in message and "\n" not in message, message
+    np.testing.assert_array_equal(reopened.restore_arrays(1)["params"]["w"], state["params"]["w"])  # the other reads

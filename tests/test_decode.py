@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -197,7 +198,28 @@ def test_translate_evaluate_average_commands(tmp_path, capsys):
     assert average.main([str(run_dir), "--last", "2", "--out", str(tmp_path / "avg")]) == 0
     assert translate.main([str(tmp_path / "avg"), "--input", str(src), "--output", str(tmp_path / "o2")]) == 0
     assert average.main([str(run_dir), "--last", "2", "--out", str(tmp_path / "avg")]) == 1  # never overwrites
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "notes.txt").write_text("mine", encoding="utf-8")
+    capsys.readouterr()
+    assert average.main([str(run_dir), "--out", str(occupied)]) == 1  # the rule of export: --out new or empty
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "not empty" in err and err.strip().count("\n") == 0, err
+    assert os.listdir(occupied) == ["notes.txt"]
     assert translate.main([str(run_dir), "--step", "999", "--input", str(src)]) == 1
+
+    # a damaged checkpoint (a truncated data file) is named, with the way out, in one line
+    damaged = tmp_path / "damaged"
+    shutil.copytree(run_dir, damaged)
+    files = [os.path.join(d, f) for d, _, names in os.walk(damaged / "checkpoints") for f in names]
+    largest = max(files, key=os.path.getsize)
+    with open(largest, "r+b") as f:
+        f.truncate(os.path.getsize(largest) // 2)
+    capsys.readouterr()
+    assert translate.main([str(damaged), "--input", str(src), "--output", str(tmp_path / "o3")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: checkpoint ") and "damaged or incomplete" in err and "fix: " in err, err
+    assert err.strip().count("\n") == 0 and not (tmp_path / "o3").exists()
 
     # scripts/tune_decode.py: one row per (beam, alpha); its greedy row equals `evaluate --split val --beam 1`
     spec = importlib.util.spec_from_file_location("tune_decode", os.path.join(ROOT, "scripts", "tune_decode.py"))
