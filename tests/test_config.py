@@ -73,11 +73,22 @@ def test_config_error_is_a_user_error():
     assert issubclass(ConfigError, UserError)
 
 
+# Table 3 of the paper (base and big), Wu et al. 2021's Transformer-tiny, and our own small and test sizes:
+# (d_model, heads, d_ff, encoder layers, decoder layers, dropout)
+PRESET_SIZES = {
+    "base": (512, 8, 2048, 6, 6, 0.1), "big": (1024, 16, 4096, 6, 6, 0.3), "tiny": (128, 4, 256, 4, 4, 0.3),
+    "small": (256, 4, 1024, 3, 3, 0.1), "test": (32, 4, 64, 2, 2, 0.0),
+}  # fmt: skip
+
+
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_presets(name):
-    config = model_preset(name, vocab_size=1000)
-    assert config.vocab_size == 1000 and config.d_model == PRESETS[name]["d_model"]
-    assert config.d_model % config.num_heads == 0
+    config = model_preset(name, vocab_size=1000, num_heads=2)
+    sizes = (config.d_model, PRESETS[name]["num_heads"], config.d_ff, config.num_encoder_layers,
+             config.num_decoder_layers, config.dropout)  # fmt: skip
+    assert sizes == PRESET_SIZES[name]
+    assert config.vocab_size == 1000 and config.num_heads == 2  # overrides win
+    assert config.norm_position == "post" and config.positional == "sinusoidal"  # the paper's defaults
 
 
 def test_paper_presets_and_bad_preset():
