@@ -32,6 +32,7 @@ from test_export_torch import (  # (the shared model builders; pytest puts this 
     make_config,
     max_diff,
     padded_batch,
+    randomize_every_parameter,
     toy_sentences,
     toy_tokenizer,
 )
@@ -60,13 +61,10 @@ VARIANTS = {
 }  # fmt: skip
 
 
-def randomize_every_parameter(model, seed: int, eos_gain: float = 2.0) -> None:
-    """Noise on every parameter (1-D ones too, which init leaves at 1 or 0), then the EOS output weights scaled by
-    `eos_gain` so that a random model sometimes ends a hypothesis early."""
-    rng = np.random.default_rng(seed)
-    for _, param in nnx.state(model, nnx.Param).flat_state():
-        value = np.asarray(param.get_value())
-        param.set_value(jnp.asarray(value + rng.normal(0.0, 0.15, value.shape).astype(np.float32)))
+def randomize_with_eos_gain(model, seed: int, eos_gain: float = 2.0) -> None:
+    """Every parameter random, then the EOS output weights scaled by `eos_gain` so that a random model sometimes ends
+    a hypothesis early."""
+    randomize_every_parameter(model, seed)
     if model.output_projection is not None:
         kernel = model.output_projection.kernel  # (d_model, vocab)
         kernel.set_value(kernel.get_value().at[:, EOS].multiply(eos_gain))
@@ -82,7 +80,7 @@ class Pair:
         self.tokenizer = toy_tokenizer(os.path.join(base_dir, f"{name}_spm.model"))
         self.config = make_config(self.tokenizer.vocab_size, **VARIANTS[name])
         self.model = Transformer(self.config.model, rngs=nnx.Rngs(0))
-        randomize_every_parameter(self.model, seed=1)
+        randomize_with_eos_gain(self.model, seed=1)
         self.model.eval()
         self.dir = os.path.join(base_dir, f"{name}_ct2")
         save_ct2(self.model, self.config, self.tokenizer, self.dir)

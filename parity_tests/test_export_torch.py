@@ -112,6 +112,15 @@ def random_model_dir(base_dir, name: str, favour_pad_bos: bool = False, **model_
     return out
 
 
+def randomize_every_parameter(model, seed: int, scale: float = 0.15) -> None:
+    """Gaussian noise on every parameter, the 1-D ones included (init leaves LayerNorm scales at 1 and biases at 0,
+    which would hide a swapped, dropped or mis-mapped vector in an export)."""
+    rng = np.random.default_rng(seed)
+    for _, param in nnx.state(model, nnx.Param).flat_state():
+        value = np.asarray(param.get_value())
+        param.set_value(jnp.asarray(value + rng.normal(0.0, scale, value.shape).astype(np.float32)))
+
+
 RANDOM_VARIANT = dict(
     norm_position="pre", share_embeddings=False, target_vocab_size=37, tie_output=False, positional="learned",
     activation="gelu", use_bias=False, dropout=0.1, attention_dropout=0.1, ffn_dropout=0.1,

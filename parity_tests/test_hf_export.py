@@ -39,6 +39,7 @@ from test_export_torch import (  # (the shared model builders; pytest puts this 
     max_diff,
     padded_batch,
     random_model_dir,
+    randomize_every_parameter,
     toy_tokenizer,
 )
 from transformers import (
@@ -56,7 +57,7 @@ from jax_transformer.decode.translator import load_translator
 from jax_transformer.interop.hf_export import check_exportable, save_hf
 from jax_transformer.model.transformer import Transformer, sinusoidal_positions
 
-HF_LOGITS_ATOL = 1e-4
+HF_LOGITS_ATOL = 1e-5
 HF_VARIANTS = {
     "paper-concatenated": dict(sinusoidal_layout="concatenated"),
     "paper-interleaved": dict(sinusoidal_layout="interleaved"),
@@ -155,6 +156,7 @@ def test_logits_match_jax(variant, tmp_path):
     tokenizer = toy_tokenizer(str(tmp_path / "spm.model"))
     config = make_config(tokenizer.vocab_size, **HF_VARIANTS[variant])
     model = Transformer(config.model, rngs=nnx.Rngs(1))
+    randomize_every_parameter(model, seed=2)  # LayerNorm scales and every bias too: a mis-mapped vector shows
     model.eval()
     save_hf(model, config, tokenizer, str(tmp_path / "hf"))
     hf_model = AutoModelForSeq2SeqLM.from_pretrained(str(tmp_path / "hf")).eval()
@@ -291,16 +293,30 @@ def test_beam_with_the_hf_finishing_rule_equals_generate(which, copy_export, ran
     assert ours_as_lists(np.asarray(tokens)) == theirs
 
 
-def test_beam_with_length_penalty_is_close_but_not_identical(copy_export):
-    """alpha=0.6 (GNMT) vs length_penalty=0.6 (HF: log P / length^0.6): different rankings in general; on the
-    copy model the best hypothesis is clear enough that both agree. Documents the setting, asserts nothing stronger."""
+def test_hf_length_penalty_is_log_p_over_length_to_the_power(copy_export):
+    """The one scoring rule that differs with a length penalty, checked exactly: HF's beam score of what it returns
+    (`sequences_scores`, length_penalty 0.6) is log P / length^0.6 with log P from the model and length counting
+    EOS; ours is log P / ((5 + length) / 6)^0.6 (GNMT), checked on our own output the same way."""
     translator, hf_model, _ = copy_export
-    ours = ours_as_lists(translator.search(padded_batch(translator.tokenizer, SENTENCES), 4, 0.6))
-    theirs = hf_as_lists(hf_generate(hf_model, translator))  # generation_config.json: num_beams=4, length_penalty=0.6
-    agree = sum(a == b for a, b in zip(ours, theirs, strict=True))
-    print(f"\nbeam 4, GNMT alpha 0.6 vs HF length_penalty 0.6: {agree}/{len(ours)} identical")
-    assert hf_model.generation_config.num_beams == 4 and hf_model.generation_config.length_penalty == 0.6
-    assert agree >= len(ours) // 2
+    model = nnx.merge(translator.graphdef, translator.params, translator.rest)
+    src = padded_batch(translator.tokenizer, SENTENCES)
+    max_len = min(src.shape[1] + MAX_EXTRA_LEN, translator.config.model.max_len)
+    limits = output_limits(jnp.asarray(src), PAD, MAX_EXTRA_LEN, max_len)
+    tokens, our_scores = beam_search(model, jnp.asarray(src), 4, max_len, BOS, EOS, 0.6, limits)
+    ours_all = ours_as_lists(np.asarray(tokens))
+    for row, (ours, our_score) in enumerate(zip(ours_all, np.asarray(our_scores).tolist(), strict=True)):
+        length = int((src[row] != PAD).sum())
+        with torch.no_grad():
+            out = hf_model.generate(
+                input_ids=torch.as_tensor(src[row : row + 1, :length], dtype=torch.long), num_beams=4,
+                length_penalty=0.6, max_length=1 + min(length + MAX_EXTRA_LEN, max_len), do_sample=False,
+                output_scores=True, return_dict_in_generate=True,
+            )  # fmt: skip
+        theirs = hf_as_lists([out.sequences[0, 1:].tolist()])[0]
+        for hyp, score, penalty in ((theirs, float(out.sequences_scores[0]), len(theirs) ** 0.6),
+                                    (ours, our_score, ((5 + len(ours)) / 6) ** 0.6)):  # fmt: skip
+            log_p = float(log_probs(hf_model, src[row : row + 1], [hyp])[0])
+            assert abs(score - log_p / penalty) < 1e-4, (row, hyp, score, log_p / penalty)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
