@@ -9,8 +9,12 @@ PAD and BOS never produced; **one per-sentence output limit**, source length + d
 EOS, forced to end with EOS (ours natively; Hugging Face through a logits processor that forces EOS per row, as its
 own forced_eos_token_id does per batch; CTranslate2 takes one max_decoding_length per call, so a batch is split by
 limit); threads: XLA's pool, torch.set_num_threads and CTranslate2's intra_threads all use the cores this process
-may run on. Every system first decodes one batch of each shape (JAX compiles there); then all batches are timed,
---repeats times, the systems taking turns; the median pass is reported.
+may run on. Each library (and each CTranslate2 model) runs in its own process (sharing one, their thread pools
+slowed each other down, up to 4x), which first decodes one batch of each shape (JAX compiles there) and then times
+one pass over all batches; the libraries take turns for --repeats rounds and the median round is reported.
+Splitting a batch by limit costs CTranslate2 speed (smaller calls), so one more row gives it each batch in one call
+with the batch's largest limit, as it is usually run: its outputs differ only where a sentence would pass its own
+limit, and are counted.
 
 The finishing rules differ between libraries, so each library is paired with our search run under its rules:
 Hugging Face and CTranslate2 finalize only EOS candidates ranked in the top K of the 2K expanded (our
@@ -22,9 +26,11 @@ decoder over the prefix each step (what decoding costs without a cache).
 
 import argparse
 import gzip
+import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -77,20 +83,23 @@ def main() -> int:
     parser.add_argument("--beam", type=int, default=4)
     parser.add_argument("--sentences", type=int, default=1000, help="first N of Multi30k test2016")
     parser.add_argument("--batch", type=int, default=64, help="sentences per batch (every system uses the same)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed passes over all batches; the median is shown")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of timed passes; the median is shown")
     parser.add_argument("--skip", nargs="*", default=[], choices=["uncached", "hf", "ct2", "jax-default"])
     parser.add_argument("--cache-block", type=int, default=CACHE_BLOCK,
                         help="first length of the growing KV cache (0: one cache of the full output length)")
+    parser.add_argument("--worker", choices=GROUPS, default=None, help=argparse.SUPPRESS)  # one library's process
+    parser.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker is None:
+        return orchestrate(args)
 
     threads = common.available_cores()
     translator = load_translator(args.model)
     config, tok = translator.config, translator.tokenizer
     eos, pad, bos = tok.eos_id, tok.pad_id, tok.bos_id
-    lang_src, lang_tgt = config.data.src_lang, config.data.tgt_lang
-    read = lambda lang: gzip.open(f"data/multi30k/test_2016_flickr.{lang}.gz", "rt", encoding="utf-8").read()
-    sources = read(lang_src).splitlines()[: args.sentences]
-    references = read(lang_tgt).splitlines()[: args.sentences]
+    lang_src = config.data.src_lang
+    with gzip.open(f"data/multi30k/test_2016_flickr.{lang_src}.gz", "rt", encoding="utf-8") as f:
+        sources = f.read().splitlines()[: args.sentences]
     ids = tok.encode(sources)
     extra, cap = config.decode.max_extra_len, config.model.max_len
     order = np.argsort([len(s) for s in ids], kind="stable")  # length-sorted batches, the same for everyone
@@ -105,7 +114,7 @@ def main() -> int:
         batches.append((rows, src, limits))
 
     model = nnx.merge(translator.graphdef, translator.params, translator.rest)
-    runners, rules = {}, {}
+    runners = {}
 
     def jax_runner(stepper, **rule):
         @jax.jit
@@ -118,16 +127,17 @@ def main() -> int:
 
     hf_rule = dict(finish_from_top_k=True)
     ct2_rule = dict(finish_from_top_k=True, renormalize_bans=True)
-    runners["JAX, KV cache, Hugging Face's rules"] = jax_runner(model, **hf_rule)
-    if "ct2" not in args.skip:
-        runners["JAX, KV cache, CTranslate2's rules"] = jax_runner(model, **ct2_rule)
-    if "jax-default" not in args.skip:
-        runners["JAX, KV cache, our default rules"] = jax_runner(model)
-    if "uncached" not in args.skip:
-        runners["JAX, no cache, Hugging Face's rules"] = jax_runner(UncachedStepper(model), **hf_rule)
+    if args.worker == "jax":
+        runners["JAX, KV cache, Hugging Face's rules"] = jax_runner(model, **hf_rule)
+        if "ct2" not in args.skip:
+            runners["JAX, KV cache, CTranslate2's rules"] = jax_runner(model, **ct2_rule)
+        if "jax-default" not in args.skip:
+            runners["JAX, KV cache, our default rules"] = jax_runner(model)
+        if "uncached" not in args.skip:
+            runners["JAX, no cache, Hugging Face's rules"] = jax_runner(UncachedStepper(model), **hf_rule)
 
     workdir = tempfile.mkdtemp()
-    if "hf" not in args.skip:
+    if args.worker == "hf":
         import torch
         import transformers
         from transformers import AutoModelForSeq2SeqLM, LogitsProcessor, LogitsProcessorList
@@ -164,75 +174,118 @@ def main() -> int:
             return strip(out_ids[:, 1:].numpy(), eos, pad)  # the decoder start token dropped
 
         runners["Hugging Face generate()"] = hf_translate
-        rules["Hugging Face generate()"] = "JAX, KV cache, Hugging Face's rules"
 
-    if "ct2" not in args.skip:
+    if args.worker.startswith("ct2-"):  # one CTranslate2 model per process: two loaded in one ran 4x slower
         from jax_transformer.interop.ct2 import CT2Translator, save_ct2
 
-        for quantization in ("float32", "int8"):
-            out = os.path.join(workdir, f"ct2_{quantization}")
-            save_ct2(model, config, tok, out, quantization)
-            engine = CT2Translator(out, threads=threads)
+        quantization = args.worker.removeprefix("ct2-")
+        out = os.path.join(workdir, f"ct2_{quantization}")
+        save_ct2(model, config, tok, out, quantization)
+        engine = CT2Translator(out, threads=threads)
 
-            def ct2_translate(rows, src, limits, engine=engine):
-                return engine.search([ids[i] for i in rows], args.beam, 0.0)  # groups the batch by limit
+        def ct2_translate(rows, src, limits):
+            return engine.search([ids[i] for i in rows], args.beam, 0.0)  # one call per limit in the batch
 
-            runners[f"CTranslate2 {quantization}"] = ct2_translate
-        rules["CTranslate2 float32"] = "JAX, KV cache, CTranslate2's rules"
-        rules["CTranslate2 int8"] = "CTranslate2 float32"
+        runners[f"CTranslate2 {quantization}"] = ct2_translate
+        if quantization == "float32":
 
-    print(
-        f"{common.cpu_model()}, {threads} threads; beam {args.beam}, alpha 0; {len(sources)} sentences of Multi30k "
-        f"test2016 in {len(batches)} batches of <= {args.batch}; per-sentence limit source + {extra} tokens; "
-        f"JAX KV cache grown from {args.cache_block or 'the full output length'}"
-    )
-    outputs, timings, warmups = {}, {name: [] for name in runners}, {}
+            def ct2_whole_batch(rows, src, limits):
+                results = engine.model.translate_batch(
+                    [engine.pieces(ids[i]) for i in rows], beam_size=args.beam, length_penalty=0.0,
+                    max_decoding_length=int(limits.max()) - 1, max_input_length=0, max_batch_size=len(rows),
+                    suppress_sequences=[engine.pieces([pad]), engine.pieces([bos])],
+                )  # fmt: skip
+                return [[engine.target_ids[t] for t in r.hypotheses[0]] for r in results]
+
+            runners["CTranslate2 float32, one call per batch"] = ct2_whole_batch
+
+    results = {}
     for name, translate in runners.items():
         started = time.perf_counter()
         for batch in {b[1].shape: b for b in batches}.values():  # one batch per shape: JAX compiles each here
             translate(*batch)
-        warmups[name] = time.perf_counter() - started
-    for repeat in range(args.repeats):  # round robin, so that a slow spell of the machine hits every system alike
-        for name, translate in runners.items():
-            tokens = [None] * len(sources)
-            started = time.perf_counter()
-            for rows, src, limits in batches:
-                for r, out in zip(rows, translate(rows, src, limits), strict=True):
-                    tokens[r] = out
-            timings[name].append(time.perf_counter() - started)
-            outputs[name] = tokens  # every repeat gives the same outputs (deterministic searches)
-            print(f"  {name}, pass {repeat + 1}: {len(sources) / timings[name][-1]:.1f} sentences/s", file=sys.stderr)
+        warmup = time.perf_counter() - started
+        tokens = [None] * len(sources)
+        started = time.perf_counter()
+        for rows, src, limits in batches:
+            for r, out in zip(rows, translate(rows, src, limits), strict=True):
+                tokens[r] = out
+        results[name] = {"seconds": time.perf_counter() - started, "warmup": warmup, "tokens": tokens}
     shutil.rmtree(workdir, ignore_errors=True)
-    seconds = {name: statistics.median(times) for name, times in timings.items()}
+    with open(args.worker_out, "w", encoding="utf-8") as f:
+        json.dump(results, f)
+    return 0
 
-    hf_speed = len(sources) / seconds["Hugging Face generate()"] if "Hugging Face generate()" in seconds else None
-    failures = []
-    print(f"\nmedian of {args.repeats} timed passes over the {len(sources)} sentences; the ratio to Hugging Face is "
-          "the median (range) of the per-pass ratios:")  # fmt: skip
+
+GROUPS = ("jax", "hf", "ct2-float32", "ct2-int8")
+# which outputs must be identical: each library against our search under that library's rules
+RULES = {"Hugging Face generate()": "JAX, KV cache, Hugging Face's rules",
+         "CTranslate2 float32": "JAX, KV cache, CTranslate2's rules", "CTranslate2 int8": "CTranslate2 float32",
+         "CTranslate2 float32, one call per batch": "CTranslate2 float32"}  # these two: approximations, counted
+
+
+def orchestrate(args) -> int:
+    """Each library in its own process, one timed pass per process, the libraries taking turns for --repeats rounds;
+    the median round is reported. Sharing a process, the libraries' thread pools slowed each other down (measured on
+    2 cores: generate() at 49-69 sentences/s beside a loaded CTranslate2, 79-84 alone; CTranslate2 fp32 at 75 beside
+    a second CTranslate2 model, 303-315 alone)."""
+    from jax_transformer.config import Config
+    from jax_transformer.data.tokenizer import Tokenizer
+
+    groups = [g for g in GROUPS if g.split("-")[0] not in args.skip]
+    timings, warmups, outputs = {}, {}, {}
+    argv = sys.argv[1:]
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_ in range(args.repeats):
+            for group in groups:
+                out = os.path.join(tmp, f"{group}.json")
+                env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": os.path.join(tmp, "xla")}  # rounds 2+ reuse it
+                subprocess.run([sys.executable, __file__, *argv, "--worker", group, "--worker-out", out], check=True,
+                               env=env)  # fmt: skip
+                with open(out, encoding="utf-8") as f:
+                    for name, result in json.load(f).items():
+                        timings.setdefault(name, []).append(result["seconds"])
+                        warmups.setdefault(name, result["warmup"])  # the first round's: compiling, not a cache load
+                        outputs[name] = result["tokens"]
+                        print(f"  {name}, round {round_ + 1}: {args.sentences / result['seconds']:.1f} sentences/s",
+                              file=sys.stderr)  # fmt: skip
+
+    run = Config.load(os.path.join(args.model, "config.json"))
+    tok = Tokenizer.load(os.path.join(args.model, "spm.model"))
+    lang_src, lang_tgt = run.data.src_lang, run.data.tgt_lang
+    with gzip.open(f"data/multi30k/test_2016_flickr.{lang_tgt}.gz", "rt", encoding="utf-8") as f:
+        references = f.read().splitlines()[: args.sentences]
+    count = len(references)
+    hf_name = "Hugging Face generate()"
+    print(f"{common.cpu_model()}, {common.available_cores()} threads per library, each in its own process; beam "
+          f"{args.beam}, alpha 0; {count} sentences of Multi30k test2016 ({lang_src}->{lang_tgt}) in batches of <= "
+          f"{args.batch}; per-sentence limit source + decode.max_extra_len tokens; JAX KV cache grown from "
+          f"{args.cache_block or 'the full output length'}")  # fmt: skip
+    print(f"\nmedian of {args.repeats} rounds; the ratio to Hugging Face is the median (range) of the per-round "
+          "ratios:")  # fmt: skip
     print("\n| decoder | sentences/s | x Hugging Face | seconds | warm-up s | BLEU | compared with | identical |")
     print("|---|---:|---:|---:|---:|---:|---|---:|")
+    failures = []
     for name, tokens in outputs.items():
-        speed = len(sources) / seconds[name]
-        score = bleu(tok.decode(tokens), references)[0].score
+        seconds = statistics.median(timings[name])
         ratio = "-"
-        if hf_speed:  # per pass (round robin: neighbours in time), median and range over the passes
-            ratios = [hf / t for t, hf in zip(timings[name], timings["Hugging Face generate()"], strict=True)]
+        if hf_name in timings:  # per round (the same round: neighbours in time), median and range
+            ratios = [hf / t for t, hf in zip(timings[name], timings[hf_name], strict=True)]
             ratio = f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
-        other = rules.get(name)
-        same = "-"
+        other, same = RULES.get(name), "-"
         if other in outputs:
             matches = sum(a == b for a, b in zip(tokens, outputs[other], strict=True))
             same = f"{matches}/{len(tokens)}"
-            if matches != len(tokens) and name != "CTranslate2 int8":  # int8 is an approximation, not a rule match
+            if matches != len(tokens) and other != "CTranslate2 float32":  # int8, one limit per batch: approximations
                 first = next(i for i, (a, b) in enumerate(zip(tokens, outputs[other], strict=True)) if a != b)
                 failures.append(f"{name} differs from {other} on {len(tokens) - matches} sentences (first: #{first})")
-        print(f"| {name} | {speed:.1f} | {ratio} | {seconds[name]:.1f} | {warmups[name]:.1f} | {score:.2f} | "
+        score = bleu(tok.decode(tokens), references)[0].score
+        print(f"| {name} | {count / seconds:.1f} | {ratio} | {seconds:.1f} | {warmups[name]:.1f} | {score:.2f} | "
               f"{other or '-'} | {same} |")  # fmt: skip
     if "CTranslate2 int8" in outputs:
         scores = {q: bleu(tok.decode(outputs[f"CTranslate2 {q}"]), references)[0].score for q in ("float32", "int8")}
         print(f"\nint8 changes BLEU by {scores['int8'] - scores['float32']:+.2f} (float32 {scores['float32']:.2f})")
-    print("(warm-up: one call per batch shape before timing; for the JAX rows that is compiling, or loading from the"
-          " persistent compilation cache)")  # fmt: skip
+    print("(warm-up: one call per batch shape before timing, in the first round; for the JAX rows that is compiling)")
     for failure in failures:
         print(f"FAILED: {failure}", file=sys.stderr)
     return 1 if failures else 0

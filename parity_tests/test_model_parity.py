@@ -4,7 +4,7 @@ For every architecture variant (pre/post-norm, shared/unshared embeddings, tied/
 concatenated sinusoids or learned positions, ReLU/GELU, head counts) and both directions of conversion (JAX init ->
 torch, torch init -> JAX), on a padded batch with dropout configured but switched off by `eval()`:
   * fp32 logits agree within 1e-5 (max abs);
-  * the gradients of a padded cross-entropy loss agree within 1e-4 for every parameter;
+  * the gradients of a padded cross-entropy loss agree within 1e-5 of each parameter's largest gradient entry;
   * bf16 compute agrees within the tolerance measured and explained at BF16_ATOL.
 Plus the converter's error paths and bitwise-exact safetensors round trips.
 
@@ -29,7 +29,7 @@ from jax_transformer.model import transformer as jm
 from torch_ref import model as tm
 
 LOGITS_ATOL = 1e-5
-GRAD_ATOL = 1e-4
+GRAD_RTOL = 1e-5  # per parameter: max |g_jax - g_torch| <= GRAD_RTOL * max |g_torch|
 VOCAB, TGT_VOCAB = 29, 23
 
 # Every option appears at least once (head count 1 is covered by the attention tests). Each variant costs one XLA
@@ -188,6 +188,23 @@ def run_pair(variant, direction):
     return (float(loss_j), np.asarray(logits_j), jax_grads_by_torch_name(grads_j)), (loss_t, logits_t, grads_t)
 
 
+def compare_gradients(grads_j: dict, grads_t: dict) -> tuple[dict, str]:
+    """Per parameter, max |g_jax - g_torch| relative to that parameter's largest torch entry (an absolute bound would
+    let small gradients drift); returns ({name: relative diff}, the worst name).
+
+    The key projections' biases get zero gradient in exact arithmetic (softmax is invariant to adding q . b_k to all
+    of a query's scores), so both frameworks return rounding noise there; those are checked to be noise on both sides
+    (below 1e-6 of the model's largest gradient) instead of compared."""
+    largest = max(float(np.abs(g).max()) for g in grads_t.values())
+    diffs = {}
+    for name, g in grads_t.items():
+        if name.endswith("key.bias"):
+            assert max(float(np.abs(g).max()), float(np.abs(grads_j[name]).max())) < 1e-6 * largest, name
+            continue
+        diffs[name] = max_diff(grads_j[name], g) / max(float(np.abs(g).max()), 1e-12)
+    return diffs, max(diffs, key=diffs.get)
+
+
 # --- fp32 parity ------------------------------------------------------------------------------------------------------
 
 PAIRS = [pytest.param(v, d, id=f"{v}-{d}") for v in VARIANTS for d in DIRECTIONS]
@@ -210,13 +227,10 @@ def test_logits_parity(variant, direction):
 def test_gradient_parity(variant, direction):
     (_, _, grads_j), (_, _, grads_t) = run_pair(variant, direction)
     assert sorted(grads_j) == sorted(grads_t)  # the same parameters, by torch name
-    diffs = {name: max_diff(grads_j[name], grads_t[name]) for name in grads_t}
-    worst = max(diffs, key=diffs.get)
-    largest = max(np.abs(g).max() for g in grads_t.values())
-    print(f"\ngrads {variant} {direction}: {len(diffs)} params, max abs diff {diffs[worst]:.2e} ({worst}), "
-          f"largest |grad| {largest:.2e}")  # fmt: skip
-    bad = {name: d for name, d in diffs.items() if d > GRAD_ATOL}
-    assert not bad, f"gradients differ by more than {GRAD_ATOL}: {bad}"
+    diffs, worst = compare_gradients(grads_j, grads_t)
+    print(f"\ngrads {variant} {direction}: {len(diffs)} params, max relative diff {diffs[worst]:.2e} ({worst})")
+    bad = {name: d for name, d in diffs.items() if d > GRAD_RTOL}
+    assert not bad, f"gradients differ by more than {GRAD_RTOL} of their parameter's largest entry: {bad}"
     # no parameter is silently disconnected: every one gets a gradient somewhere (pad-row embeddings excepted)
     assert all(np.abs(g).max() > 0 for name, g in grads_t.items() if "embedding" not in name)
 
