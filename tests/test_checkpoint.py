@@ -43,10 +43,12 @@ def test_a_damaged_checkpoint_is_named_with_the_way_out(tmp_path):
     state = {"params": {"w": np.arange(4096, dtype=np.float32)}}
     for step in (1, 2):
         checkpoints.save(step, state, {"step": step})
-    files = [os.path.join(d, f) for d, _, names in os.walk(os.path.join(directory, "2")) for f in names]
-    largest = max(files, key=os.path.getsize)
-    with open(largest, "r+b") as f:
-        f.truncate(os.path.getsize(largest) // 2)
+    walk = os.walk(os.path.join(directory, "2", "state"))
+    data = [os.path.join(d, f) for d, _, names in walk for f in names if os.path.basename(d) == "d"]
+    assert data  # the arrays' data files (orbax's ocdbt layout)
+    for path in data:
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)
     reopened = Checkpointer(directory, read_only=True)
     for restore in (lambda: reopened.restore_arrays(2), lambda: reopened.restore(2, jax.tree.map(np.asarray, state))):
         with pytest.raises(UserError) as error:

@@ -211,10 +211,13 @@ def test_translate_evaluate_average_commands(tmp_path, capsys):
     # a damaged checkpoint (a truncated data file) is named, with the way out, in one line
     damaged = tmp_path / "damaged"
     shutil.copytree(run_dir, damaged)
-    files = [os.path.join(d, f) for d, _, names in os.walk(damaged / "checkpoints") for f in names]
-    largest = max(files, key=os.path.getsize)
-    with open(largest, "r+b") as f:
-        f.truncate(os.path.getsize(largest) // 2)
+    latest = damaged / "checkpoints" / str(max(int(n) for n in os.listdir(damaged / "checkpoints") if n.isdigit()))
+    walk = os.walk(latest / "state")
+    data = [os.path.join(d, f) for d, _, names in walk for f in names if os.path.basename(d) == "d"]
+    assert data  # the arrays' data files (orbax's ocdbt layout), of the checkpoint translate reads
+    for path in data:
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)
     capsys.readouterr()
     assert translate.main([str(damaged), "--input", str(src), "--output", str(tmp_path / "o3")]) == 1
     err = capsys.readouterr().err
