@@ -38,12 +38,12 @@ def export(model_path: str, to: str, out_dir: str, step: str = "latest", quantiz
     require_new_output_dir(out_dir, model_path)
 
     from jax_transformer.decode.translator import load_translator
-    from jax_transformer.interop.ct2 import QUANTIZATIONS, is_ct2_dir
+    from jax_transformer.interop.ct2 import check_quantization, is_ct2_dir
 
     if is_ct2_dir(model_path):
         raise UserError(f"{model_path} is a CTranslate2 model; fix: export from the run or model it was made from")
-    if to == "ct2" and quantization not in QUANTIZATIONS:
-        raise UserError(f"--quantization must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}")
+    if to == "ct2":
+        check_quantization(quantization)  # before loading any weights
 
     if to == "hf" and os.path.isfile(os.path.join(model_path, "config.json")):
         from jax_transformer.config import Config

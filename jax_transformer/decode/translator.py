@@ -68,7 +68,7 @@ class Translator:
         alpha = dcfg.alpha if alpha is None else alpha
         outputs = [""] * len(examples)
         cfg = self.config.data
-        budget = max(dcfg.max_tokens // beam_size, cfg.max_len)  # beams multiply the rows the decoder sees
+        budget = decode_token_budget(self.config, beam_size)
         batches = data_lib.eval_batches(examples, budget, cfg.length_bucket_step, cfg.min_bucket_batches)
         bar = tqdm(total=len(examples), unit="sent", disable=not progress, dynamic_ncols=True)
         for batch, indices in batches:
@@ -87,6 +87,12 @@ class Translator:
         sources = prepare_sources(self.tokenizer, sentences, self.config)
         examples = [(np.array(s + [eos], np.int32), None) for s in sources]
         return self.translate_examples(examples, beam_size, alpha, progress=progress)
+
+
+def decode_token_budget(config: Config, beam_size: int) -> int:
+    """Source tokens per decoding batch: decode.max_tokens shared by the beams (they multiply the rows the decoder
+    sees), but at least one sentence of data.max_len."""
+    return max(config.decode.max_tokens // beam_size, config.data.max_len)
 
 
 def prepare_sources(tokenizer: Tokenizer, sentences: list[str], config: Config) -> list[list[int]]:

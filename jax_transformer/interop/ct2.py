@@ -47,6 +47,11 @@ CONFIG_NAME = "jax_transformer_config.json"  # our config, beside CTranslate2's 
 QUANTIZATIONS = ("float32", "int8", "int16", "int8_float32", "float16", "bfloat16", "int8_float16", "int8_bfloat16")
 
 
+def check_quantization(quantization: str) -> None:
+    if quantization not in QUANTIZATIONS:
+        raise UserError(f"--quantization must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}")
+
+
 def is_ct2_dir(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "model.bin")) and os.path.isfile(os.path.join(path, CONFIG_NAME))
 
@@ -151,8 +156,7 @@ def ct2_spec(model, config: ModelConfig, tokenizer):
 def save_ct2(model, config: Config, tokenizer, out_dir: str, quantization: str = "float32") -> None:
     """Write a CTranslate2 model directory for `model` (weights stored as `quantization`), with our tokenizer and
     config beside it. `out_dir` must not exist or be empty (checked by the caller)."""
-    if quantization not in QUANTIZATIONS:
-        raise UserError(f"--quantization must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}")
+    check_quantization(quantization)
     spec = ct2_spec(model, config.model, tokenizer)
     spec.validate()
     spec.optimize(quantization=quantization)
@@ -201,11 +205,13 @@ class CT2Translator:
                   f"((5 + length) / 6)^{alpha:g} as this package's search does; pass --alpha 0 for the same objective",
                   file=sys.stderr)  # fmt: skip
             self._told_penalty = True
+        from jax_transformer.decode.translator import decode_token_budget
+
         dcfg, model_len = self.config.decode, self.config.model.max_len
         limits = [min(len(s) + 1 + dcfg.max_extra_len, model_len) for s in sources]  # EOS counted on both sides
         banned = [self.pieces([self.tokenizer.pad_id]), self.pieces([self.tokenizer.bos_id])]  # never produced
         outputs, scores = [None] * len(sources), [0.0] * len(sources)
-        budget = max(dcfg.max_tokens // beam_size, self.config.data.max_len)  # as Translator: beams multiply rows
+        budget = decode_token_budget(self.config, beam_size)
         for limit in sorted(set(limits)):
             rows = [i for i, n in enumerate(limits) if n == limit]
             results = self.model.translate_batch(
