@@ -18,7 +18,10 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from jax_transformer.train.host_memory import describe as malloc_line  # noqa: E402
 from jax_transformer.train.host_memory import keep_freed_memory  # noqa: E402
 
-keep_freed_memory(default=True)  # for every framework in the process alike (torch's CPU allocator uses malloc too)
+# One host-memory setting for every framework in the process (torch's CPU allocator uses malloc too): glibc's
+# defaults, unless JAX_TRANSFORMER_MALLOC=keep asks for `keep_freed_memory` (it speeds up our step and torch_ref's and
+# slows HF Marian's under bf16 autocast; docs/benchmarks.md shows both).
+keep_freed_memory(default=False)
 
 
 def available_cores() -> int:
