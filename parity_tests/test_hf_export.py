@@ -2,17 +2,19 @@
 `PegasusForConditionalGeneration` (pre-norm models) and `MarianTokenizer` load the exported directory and compute what
 the JAX model computes.
 
-  * logits of `AutoModelForSeq2SeqLM.from_pretrained(dir)` within 1e-4 of the JAX model (decoder input starting with
-    BOS), for the paper's model with either sinusoid layout (interleaved is exported by permuting features), for
-    unshared, untied, GELU, bias-free, unscaled variants, and for pre-norm models (Pegasus);
+  * logits of `AutoModelForSeq2SeqLM.from_pretrained(dir)` within 1e-5 of the JAX model (decoder input starting with
+    BOS) on models whose every parameter is random (LayerNorm scales and biases included, so that a swapped or
+    dropped vector shows), for the paper's model with either sinusoid layout (interleaved is exported by permuting
+    features), for unshared, untied, GELU, bias-free, unscaled variants, and for pre-norm models (Pegasus);
   * the tokenizer (`MarianTokenizer` and `AutoTokenizer`) gives our ids + EOS and decodes back to our text;
   * `generate(num_beams=1)` reproduces our greedy search token for token (per sentence, max_new_tokens = our limit);
   * `generate(num_beams=4, length_penalty=0, early_stopping='never')` reproduces our beam search with alpha=0 on the
     trained model. The one algorithmic difference shows on the untrained one: of the 2K candidates expanded per step,
     HF finalizes only the EOS-ending ones ranked in the top K, we finalize all; where outputs differ, ours is the
-    more probable. With alpha > 0 the scores differ by design: HF divides log P by length^length_penalty, we by
-    GNMT's ((5 + length) / 6)^alpha (measured, not asserted equal, in
-    `test_beam_with_length_penalty_is_close_but_not_identical`);
+    more probable; with `finish_from_top_k` (HF's rule) ours equals generate() on every sentence of every model.
+    With alpha > 0 the scores differ by design: HF divides log P by length^length_penalty, we by GNMT's
+    ((5 + length) / 6)^alpha, each rule checked exactly on its own output
+    (`test_hf_length_penalty_is_log_p_over_length_to_the_power`);
   * the same greedy and beam equalities for an untrained pre-norm model exported as Pegasus;
   * options neither can express are refused with a one-line message; the directory holds no pickles.
 
