@@ -123,7 +123,7 @@ def nn_transformer_state_dict(state_dict: dict, model_config) -> dict:
     import torch
 
     def tensor(name):
-        return torch.as_tensor(np.asarray(state_dict[name]))
+        return torch.tensor(np.asarray(state_dict[name]))  # a copy: the arrays may be read-only
 
     out = {"embedding.weight": tensor("source_embedding.weight")}
     attention = {"self_attn": "self_attn", "cross_attn": "multihead_attn"}
