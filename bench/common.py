@@ -144,6 +144,26 @@ def torch_matmul_peak(n: int = 2048, dtype: str = "float32", repeats: int = 7) -
     return 2 * n**3 / median(times)
 
 
+def matmul_peaks(precisions: list[str], n: int) -> dict[str, float]:
+    """The matmul peak (FLOP/s) of each precision: the best of the frameworks' n^3 products in that precision (bf16:
+    jnp.dot to bf16 and to fp32, and torch.matmul). Prints what it measured. MFU of a row divides by its precision's."""
+    peaks = {}
+    fp32 = {"jnp.dot": jax_matmul_peak(n), "torch.matmul": torch_matmul_peak(n)}
+    peaks["fp32"] = max(fp32.values())
+    lines = [f"- fp32 matmul peak ({n}^3, median of 7): " + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in fp32.items())
+             + f" GFLOP/s; fp32 rows' MFU is against {peaks['fp32'] / 1e9:.1f}"]  # fmt: skip
+    if "bf16" in precisions:
+        bf16 = {"jnp.dot bf16 -> bf16": jax_matmul_peak(n, "bfloat16"),
+                "jnp.dot bf16 -> fp32 (our bf16 Linear layers)": jax_matmul_peak(n, "bfloat16",
+                                                                                       out_dtype="float32"),
+                "torch.matmul bf16": torch_matmul_peak(n, "bfloat16")}  # fmt: skip
+        peaks["bf16"] = max(bf16.values())
+        lines.append(f"- bf16 matmul peak ({n}^3, median of 7): " + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in
+                     bf16.items()) + f" GFLOP/s; bf16 rows' MFU is against {peaks['bf16'] / 1e9:.1f}")  # fmt: skip
+    print("\n".join(lines), flush=True)
+    return peaks
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     """A GitHub markdown table; columns after the first three are right-aligned."""
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]

@@ -240,25 +240,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def measure_peaks(precisions: list[str], n: int) -> dict[str, float]:
-    """The matmul peak (FLOP/s) of each precision: the best of the frameworks' n^3 products in that precision."""
-    peaks = {}
-    fp32 = {"jnp.dot": common.jax_matmul_peak(n), "torch.matmul": common.torch_matmul_peak(n)}
-    peaks["fp32"] = max(fp32.values())
-    lines = [f"- fp32 matmul peak ({n}^3, median of 7): " + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in fp32.items())
-             + f" GFLOP/s; fp32 rows' MFU is against {peaks['fp32'] / 1e9:.1f}"]  # fmt: skip
-    if "bf16" in precisions:
-        bf16 = {"jnp.dot bf16 -> bf16": common.jax_matmul_peak(n, "bfloat16"),
-                "jnp.dot bf16 -> fp32 (our bf16 Linear layers)": common.jax_matmul_peak(n, "bfloat16",
-                                                                                       out_dtype="float32"),
-                "torch.matmul bf16": common.torch_matmul_peak(n, "bfloat16")}  # fmt: skip
-        peaks["bf16"] = max(bf16.values())
-        lines.append(f"- bf16 matmul peak ({n}^3, median of 7): " + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in
-                     bf16.items()) + f" GFLOP/s; bf16 rows' MFU is against {peaks['bf16'] / 1e9:.1f}")  # fmt: skip
-    print("\n".join(lines), flush=True)
-    return peaks
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
@@ -293,7 +274,7 @@ def main(argv=None) -> int:
           f"{padded_tokens} tokens, {real_tokens} real (src {real_src} + tgt {real_tgt}, "
           f"{100 * real_tokens / padded_tokens:.0f}%); vocabulary {vocab}")  # fmt: skip
     print(f"- warm-up + timed steps per row: {args.warmup} + {args.steps}", flush=True)
-    peaks = measure_peaks(args.precisions, args.peak_size)
+    peaks = common.matmul_peaks(args.precisions, args.peak_size)
 
     header = ["implementation", "precision", "model", "params", "GFLOP/step", "step ms", "p10-p90 ms", "tokens/s",
               "MFU"]  # fmt: skip

@@ -7,9 +7,9 @@ of the step time the pipeline takes, and how many batch slots are real tokens.
 Two measurements on the recipe's own data, batching and model:
 1. the input pipeline alone: one epoch of `BatchIterator` batches (length buckets, shuffled, padded numpy arrays)
    plus the real-token count the training loop does per batch; milliseconds per batch;
-2. the real training loop, `jax_transformer.train.loop.train` on a temporary run directory (no evaluation, one
-   checkpoint at the end): real (non-pad) source + target tokens/s and seconds per update from its metrics.jsonl,
-   over the log windows after --skip-steps (the first epoch compiles each batch shape once).
+2. the real training loop, `jax_transformer.tasks.translation.train` (the engine's loop) on a temporary run directory
+   (no evaluation, one checkpoint at the end): real (non-pad) source + target tokens/s and seconds per update from its
+   metrics.jsonl, over the log windows after --skip-steps (the first epoch compiles each batch shape once).
 "pipeline share" = (1) / (2): the fraction of an update the host spends making its batch. The loop does not overlap
 the two, so the model's share is 1 - pipeline share.
 """
@@ -63,7 +63,7 @@ def main() -> int:
     from jax_transformer.cli import run_cli
 
     def run():
-        from jax_transformer.train.loop import TranslationData, resolve_config, train
+        from jax_transformer.tasks.translation import TranslationData, resolve_config, train
 
         if args.steps <= args.skip_steps + 2 * args.log_every:
             raise UserError("--steps must exceed --skip-steps by at least two log windows (--log-every)")

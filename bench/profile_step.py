@@ -4,8 +4,9 @@ XLA operation, with the matrix products' own speed set against the machine's mat
     python bench/profile_step.py                              # base size, fp32
     python bench/profile_step.py --sizes tiny base --precisions fp32 bf16 --top 12
 
-For each size and precision: the trainer's jitted `Steps.train_step` on `train_throughput.make_batch`'s fixed batch
-(as bench/peers.py), 2 warm-up steps, then `--steps` steps under `jax.profiler.trace`. The trace (read back with
+For each size and precision: the engine's jitted `train_step` (`translation_steps`) on the fixed batch of
+`train_throughput.make_batch` (as bench/peers.py), 2 warm-up steps, then `--steps` steps under
+`jax.profiler.trace`. The trace (read back with
 `jax.profiler.ProfileData`, no TensorBoard needed) holds one event per XLA:CPU thunk on the runtime's threads; the
 events are summed per operation (the name without its `.N` suffix) and grouped:
 - "matmul": YNNPACK fusions and dots (XLA:CPU hands every matrix product to a `ynn_fusion`, often with the
@@ -111,12 +112,11 @@ def main() -> int:
         config = dataclasses.replace(load_config_file(args.config), seed=args.seed)
         vocab = config.data.vocab_size
         batch = tt.make_batch(args.rows, args.src_len, args.tgt_len, vocab, args.seed)
-        peak = common.jax_matmul_peak(2048)
         print("# Profile of the JAX training step\n")
         print("\n".join(common.machine_lines() + [common.xla_flags_line()]))
         print(f"- jax {jax.__version__}; batch {args.rows} x ({args.src_len} + {args.tgt_len}), vocabulary {vocab}; "
-              f"{args.steps} profiled steps per row after 2 warm-up steps; jnp.dot fp32 peak "
-              f"{peak / 1e9:.1f} GFLOP/s (2048^3)")  # fmt: skip
+              f"{args.steps} profiled steps per row after 2 warm-up steps")  # fmt: skip
+        peaks = common.matmul_peaks(args.precisions, 2048)
         max_len = max(args.src_len, args.tgt_len)
         for precision in args.precisions:
             for size, model in tt.model_configs(config, args.sizes, precision == "bf16", max_len, vocab):
@@ -130,7 +130,8 @@ def main() -> int:
                 matmul = groups.get("matmul", 0.0)
                 print(f"\n## {size} ({precision}): step {1000 * wall:.0f} ms wall, {1000 * cpu:.0f} ms of thunk CPU "
                       f"time; matmul {flops / max(matmul, 1e-12) / 1e9:.1f} GFLOP/s inside its thunks, "
-                      f"{flops / wall / 1e9:.1f} GFLOP/s over the step (MFU {flops / wall / peak:.1%})\n")  # fmt: skip
+                      f"{flops / wall / 1e9:.1f} GFLOP/s over the step (MFU {flops / wall / peaks[precision]:.1%} "
+                      f"of the {precision} peak)\n")  # fmt: skip
                 print("| group | ms per step | share of thunk time |\n|---|---:|---:|")
                 for group, seconds in sorted(groups.items(), key=lambda kv: -kv[1]):
                     print(f"| {group} | {1000 * seconds:.1f} | {seconds / cpu:.1%} |")
