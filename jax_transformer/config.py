@@ -171,6 +171,10 @@ class DataConfig:
     # real tokens with ~24 shapes, step 8 ~80% with ~13 (rounding up to 8 wastes ~3.5 tokens of a ~16-token sentence)
     length_bucket_step: int = 4
     min_bucket_batches: int = 2  # a length bucket with fewer full batches joins a longer one: fewer shapes
+    # > 0: pack several training pairs into each row of this many tokens per side instead of length buckets
+    # (segment-aware attention masks and positions; one batch shape, max_tokens // pack_length rows); must be
+    # >= max_len. The validation loss is computed on packed rows too. 0: length buckets
+    pack_length: int = 0
 
     def __post_init__(self):
         _one_of(self.format, ("files", "tsv", "jsonl", "tfds"), "data.format")
@@ -191,6 +195,11 @@ class DataConfig:
         _require(
             self.max_tokens >= self.max_len,
             f"data.max_tokens={self.max_tokens} must be >= data.max_len={self.max_len} (one sentence per batch)",
+        )
+        _require(
+            self.pack_length == 0 or self.max_len <= self.pack_length <= self.max_tokens,
+            f"data.pack_length={self.pack_length} must be 0 (length buckets) or in [data.max_len={self.max_len}, "
+            f"data.max_tokens={self.max_tokens}]",
         )
         _require(self.max_source_len >= 0, f"data.max_source_len must be >= 0, got {self.max_source_len}")
         _require(

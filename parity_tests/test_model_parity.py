@@ -235,6 +235,57 @@ def test_gradient_parity(variant, direction):
     assert all(np.abs(g).max() > 0 for name, g in grads_t.items() if "embedding" not in name)
 
 
+# --- packed rows ------------------------------------------------------------------------------------------------------
+
+
+def make_packed_batch(config, seed=0):
+    """Two packed rows of 12 tokens per side: three pairs, then two (and padding), with segment ids and positions."""
+    rs = np.random.RandomState(seed)
+    layout = [[(4, 3), (5, 6), (2, 2)], [(7, 5), (3, 6)]]  # (source, target) lengths of each row's pairs
+    names = ("src", "tgt", "labels", "src_segments", "tgt_segments", "src_positions", "tgt_positions")
+    batch = {name: np.zeros((2, 12), np.int64) for name in names}
+    for row, pairs in enumerate(layout):
+        s = t = 0
+        for segment, (src_len, tgt_len) in enumerate(pairs, start=1):
+            batch["src"][row, s : s + src_len] = rs.randint(1, config.vocab_size, src_len)
+            batch["tgt"][row, t : t + tgt_len] = rs.randint(1, config.tgt_vocab_size, tgt_len)
+            batch["labels"][row, t : t + tgt_len] = rs.randint(1, config.tgt_vocab_size, tgt_len)
+            for side, start, length in (("src", s, src_len), ("tgt", t, tgt_len)):
+                batch[f"{side}_segments"][row, start : start + length] = segment
+                batch[f"{side}_positions"][row, start : start + length] = np.arange(length)
+            s, t = s + src_len, t + tgt_len
+    return batch
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_packed_rows_parity(variant):
+    """Packed rows (segment masks in encoder, decoder and cross-attention; positions per sentence): logits within
+    LOGITS_ATOL and gradients within GRAD_RTOL per parameter, as for padded batches."""
+    config = make_config(variant)
+    jax_model, torch_model = build_pair(config, "jax_to_torch")
+    batch = make_packed_batch(config)
+    packing = ("src_segments", "tgt_segments", "src_positions", "tgt_positions")
+    graphdef, params, rest = nnx.split(jax_model, nnx.Param, ...)
+
+    def loss_fn(params):
+        model = nnx.merge(graphdef, params, rest)
+        segments = {k: jnp.asarray(batch[k]) for k in packing}
+        logits = model(jnp.asarray(batch["src"]), jnp.asarray(batch["tgt"]), **segments)
+        return jax_cross_entropy(logits, jnp.asarray(batch["labels"]), config.pad_id), logits
+
+    (_, logits_j), grads_j = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    logits_t = torch_model(*(torch.from_numpy(batch[k]) for k in ("src", "tgt", *packing)))
+    loss_t = F.cross_entropy(logits_t.reshape(-1, logits_t.shape[-1]), torch.from_numpy(batch["labels"]).reshape(-1),
+                             ignore_index=config.pad_id)  # fmt: skip
+    loss_t.backward()
+    grads_t = {name: p.grad.numpy().copy() for name, p in torch_model.named_parameters()}
+    diff = max_diff(logits_j, logits_t.detach().numpy())
+    diffs, worst = compare_gradients(jax_grads_by_torch_name(grads_j), grads_t)
+    print(f"\npacked {variant}: logits max abs diff {diff:.2e}, grads max relative diff {diffs[worst]:.2e} ({worst})")
+    assert diff <= LOGITS_ATOL
+    assert diffs[worst] <= GRAD_RTOL, worst
+
+
 # --- bf16 compute -----------------------------------------------------------------------------------------------------
 
 # bf16 keeps 8 significant bits: relative rounding 2^-9, and one ulp is 2^-5 = 0.031 for values in [4, 8). The two

@@ -152,9 +152,9 @@ def corpus(tmp_path_factory):
     return _write_slice(tmp_path_factory.mktemp("multi30k_slice"))
 
 
-def _config(corpus, run_dir, **train):
+def _config(corpus, run_dir, pack_length=0, **train):
     data = DataConfig(path=corpus, vocab_size=250, max_len=40, max_tokens=400, length_bucket_step=16,
-                      min_bucket_batches=4, cache_dir=os.path.join(corpus, ".cache"))  # fmt: skip
+                      min_bucket_batches=4, cache_dir=os.path.join(corpus, ".cache"), pack_length=pack_length)  # fmt: skip
     train_cfg = dict(steps=12, schedule="inverse_sqrt", learning_rate=2e-3, warmup_steps=4, clip_grad_norm=1.0,
                      log_every=4, eval_every=0, save_every=4, keep_checkpoints=3)  # fmt: skip
     train_cfg.update(train)
@@ -175,11 +175,12 @@ def test_short_run_lowers_validation_loss(corpus, tmp_path):
     assert any(name.startswith("events") for name in os.listdir(tmp_path / "run"))
 
 
-def test_resume_after_a_crash_equals_an_uninterrupted_run(corpus, tmp_path):
+@pytest.mark.parametrize("pack_length", [0, 40], ids=["buckets", "packed"])
+def test_resume_after_a_crash_equals_an_uninterrupted_run(corpus, tmp_path, pack_length):
     """Crash at step 10 (no final save; the last checkpoint is step 8), re-run: final state is bit-identical."""
-    straight = _config(corpus, tmp_path / "straight")
+    straight = _config(corpus, tmp_path / "straight", pack_length)
     train(straight)
-    crashed = _config(corpus, tmp_path / "crashed")
+    crashed = _config(corpus, tmp_path / "crashed", pack_length)
     with pytest.raises(TrainingInterrupted):
         train(crashed, crash_at_step=10)
     assert Checkpointer(str(tmp_path / "crashed" / "checkpoints"), read_only=True).latest_step() == 8

@@ -130,6 +130,13 @@ def causal_mask(length: int, device=None) -> torch.Tensor:
     return torch.tril(torch.ones(length, length, dtype=torch.bool, device=device))[None, None]
 
 
+def segment_mask(q_segments: torch.Tensor, k_segments: torch.Tensor) -> torch.Tensor:
+    """Packed rows: a query may attend to the keys of its own sentence only; segment 0 is padding (see the JAX
+    function). (batch, q_len), (batch, k_len) -> (batch, 1, q_len, k_len)."""
+    same = q_segments[:, :, None] == k_segments[:, None, :]  # (batch, q_len, k_len)
+    return (same & (k_segments != 0)[:, None, :])[:, None]
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Attention (§3.2)
 # ---------------------------------------------------------------------------------------------------------------------
@@ -329,16 +336,20 @@ class LayerStack(nn.Module):
         self.layers = nn.ModuleList([layer_cls(config) for _ in range(num_layers)])
         self.final_norm = _layer_norm(config) if config.norm_position == "pre" else None
 
-    def embed_positions(self, x, offset=0):
-        """§3.5: add positional encodings for positions offset .. offset+len-1, (LayerNorm,) then dropout (§5.4)."""
+    def embed_positions(self, x, offset=0, positions=None):
+        """§3.5: add positional encodings for positions offset .. offset+len-1, or for the given `positions`
+        (batch, len) of packed rows, where each sentence counts from 0; (LayerNorm,) then dropout (§5.4)."""
         length = x.shape[1]
-        if length > self.config.max_len or offset + length > self.config.max_len:
+        if positions is None and (length > self.config.max_len or offset + length > self.config.max_len):
             raise ValueError(f"positions up to {offset} + {length} exceed model.max_len={self.config.max_len}")
         if self.config.positional == "learned":
-            positions = self.position_embedding(offset + torch.arange(length, device=x.device))
+            index = offset + torch.arange(length, device=x.device) if positions is None else positions
+            encoding = self.position_embedding(index)
+        elif positions is None:
+            encoding = self.sinusoid_table[offset : offset + length]
         else:
-            positions = self.sinusoid_table[offset : offset + length]
-        x = x + positions.to(x.dtype)[None]
+            encoding = self.sinusoid_table[positions]  # (batch, len, d_model)
+        x = x + (encoding if encoding.dim() == 3 else encoding[None]).to(x.dtype)
         if self.embedding_norm is not None:
             x = self.embedding_norm(x)
         return self.dropout(x)
@@ -354,8 +365,8 @@ class Encoder(LayerStack):
         config = as_config(config)
         super().__init__(config, EncoderLayer, config.num_encoder_layers)
 
-    def forward(self, x, mask):  # (batch, src_len, d_model) token embeddings -> (batch, src_len, d_model)
-        x = self.embed_positions(x)
+    def forward(self, x, mask, positions=None):  # (batch, src_len, d_model) token embeddings -> same shape
+        x = self.embed_positions(x, positions=positions)
         for layer in self.layers:
             x = layer(x, mask)
         return self.finish(x)
@@ -368,9 +379,10 @@ class Decoder(LayerStack):
         config = as_config(config)
         super().__init__(config, DecoderLayer, config.num_decoder_layers)
 
-    def forward(self, x, memory, self_mask, cross_mask, *, caches=None, index=0, cross_key_values=None):
+    def forward(self, x, memory, self_mask, cross_mask, *, caches=None, index=0, cross_key_values=None,
+                positions=None):  # fmt: skip
         """As the JAX Decoder: returns ((batch, tgt_len, d_model), the caches, None without)."""
-        x = self.embed_positions(x, offset=index)
+        x = self.embed_positions(x, offset=index, positions=positions)
         num_layers = len(self.layers)
         layer_caches = caches if caches is not None else [None] * num_layers
         layer_cross = cross_key_values if cross_key_values is not None else [None] * num_layers
@@ -409,10 +421,14 @@ class Transformer(nn.Module):
             x = x * math.sqrt(self.config.d_model)
         return x
 
-    def encode(self, src_ids):
-        """(batch, src_len) ids -> encoder output (batch, src_len, d_model) and its mask (batch, 1, 1, src_len)."""
-        src_mask = padding_mask(src_ids, self.config.pad_id)
-        return self.encoder(self.embed(self.source_embedding, src_ids), src_mask), src_mask
+    def encode(self, src_ids, src_segments=None, src_positions=None):
+        """(batch, src_len) ids -> encoder output (batch, src_len, d_model) and its mask (batch, 1, 1, src_len);
+        packed rows pass segment ids and positions, and the mask is `segment_mask` (batch, 1, src_len, src_len)."""
+        if src_segments is None:
+            src_mask = padding_mask(src_ids, self.config.pad_id)
+        else:
+            src_mask = segment_mask(src_segments, src_segments)
+        return self.encoder(self.embed(self.source_embedding, src_ids), src_mask, src_positions), src_mask
 
     def logits(self, x):
         """Pre-softmax projection (§3.4), returned in fp32. (batch, len, d_model) -> (batch, len, vocab)."""
@@ -420,11 +436,16 @@ class Transformer(nn.Module):
             return self.output_projection(x).float()
         return (x @ self.target_token_embedding().weight.to(x.dtype).T).float()
 
-    def decode(self, tgt_ids, memory, src_mask):
-        """(batch, tgt_len) target prefix ids (BOS first) -> next-token logits (batch, tgt_len, tgt_vocab)."""
+    def decode(self, tgt_ids, memory, cross_mask, tgt_segments=None, tgt_positions=None):
+        """(batch, tgt_len) target prefix ids (BOS first) -> next-token logits (batch, tgt_len, tgt_vocab).
+        `cross_mask`: the source padding mask, or for packed rows `segment_mask(tgt_segments, src_segments)`."""
         tgt_len = tgt_ids.shape[1]
-        self_mask = causal_mask(tgt_len, tgt_ids.device) & padding_mask(tgt_ids, self.config.pad_id)
-        x, _ = self.decoder(self.embed(self.target_token_embedding(), tgt_ids), memory, self_mask, src_mask)
+        if tgt_segments is None:
+            self_mask = causal_mask(tgt_len, tgt_ids.device) & padding_mask(tgt_ids, self.config.pad_id)
+        else:
+            self_mask = causal_mask(tgt_len, tgt_ids.device) & segment_mask(tgt_segments, tgt_segments)
+        embedded = self.embed(self.target_token_embedding(), tgt_ids)
+        x, _ = self.decoder(embedded, memory, self_mask, cross_mask, positions=tgt_positions)
         return self.logits(x)
 
     # Incremental decoding with a key/value cache: the encoder runs once, cross-attention keys/values are projected
@@ -450,10 +471,16 @@ class Transformer(nn.Module):
         )  # fmt: skip
         return self.logits(x)[:, 0], cache
 
-    def forward(self, src_ids, tgt_ids):
-        """Teacher-forced logits: (batch, src_len), (batch, tgt_len) -> (batch, tgt_len, tgt_vocab)."""
-        memory, src_mask = self.encode(src_ids)
-        return self.decode(tgt_ids, memory, src_mask)
+    def forward(self, src_ids, tgt_ids, src_segments=None, tgt_segments=None, src_positions=None,
+                tgt_positions=None):  # fmt: skip
+        """Teacher-forced logits: (batch, src_len), (batch, tgt_len) -> (batch, tgt_len, tgt_vocab); packed rows
+        pass segment ids and positions of both sides (see the JAX model)."""
+        if src_segments is None:
+            memory, src_mask = self.encode(src_ids)
+            return self.decode(tgt_ids, memory, src_mask)
+        memory, _ = self.encode(src_ids, src_segments, src_positions)
+        cross_mask = segment_mask(tgt_segments, src_segments)  # (batch, 1, tgt_len, src_len)
+        return self.decode(tgt_ids, memory, cross_mask, tgt_segments, tgt_positions)
 
 
 class EncoderClassifier(nn.Module):

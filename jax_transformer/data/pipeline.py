@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jax_transformer.config import DataConfig, UserError
-from jax_transformer.data.batching import Bucket, assign_batches, plan_buckets
+from jax_transformer.data.batching import Bucket, assign_batches, pack_rows, plan_buckets
 from jax_transformer.data.readers import MAX_LINE_CHARS, read_local_pairs, record_field, split_files  # noqa: F401
 from jax_transformer.data.tokenizer import BOS_ID, PAD_ID, Tokenizer, train_tokenizer
 
@@ -272,6 +272,46 @@ def _make_batch(examples: Sequence[Example], indices: np.ndarray, bucket: Bucket
     return {"src": src} if bucket.tgt_len == 0 else {"src": src, "tgt_in": tgt_in, "tgt_out": tgt_out}
 
 
+def _make_packed_batch(examples: Sequence[Example], rows: Sequence[np.ndarray], length: int) -> dict[str, np.ndarray]:
+    """Packed rows (`pack_rows`): src, tgt_in, tgt_out as in `_make_batch`, each pair in its own span of the row
+    (tgt_in starts every target with BOS), plus src/tgt_segments (1, 2, .. per pair, 0 for padding) and
+    src/tgt_positions (counting from 0 in every sentence). All arrays are (len(rows), length); an empty row is
+    padding."""
+    names = ("src", "tgt_in", "tgt_out", "src_segments", "tgt_segments", "src_positions", "tgt_positions")
+    batch = {name: np.zeros((len(rows), length), np.int32) for name in names}
+    assert PAD_ID == 0, "packed rows pad with zeros"
+    for r, members in enumerate(rows):
+        s = t = 0
+        for segment, i in enumerate(members.tolist(), start=1):
+            source, target = examples[i]
+            batch["src"][r, s : s + len(source)] = source
+            batch["src_segments"][r, s : s + len(source)] = segment
+            batch["src_positions"][r, s : s + len(source)] = np.arange(len(source))
+            batch["tgt_out"][r, t : t + len(target)] = target
+            batch["tgt_in"][r, t] = BOS_ID
+            batch["tgt_in"][r, t + 1 : t + len(target)] = target[:-1]
+            batch["tgt_segments"][r, t : t + len(target)] = segment
+            batch["tgt_positions"][r, t : t + len(target)] = np.arange(len(target))
+            s, t = s + len(source), t + len(target)
+    return batch
+
+
+def _packed_plan(lengths: np.ndarray, order: np.ndarray, length: int, rows_per_batch: int) -> list:
+    """Rows of `pack_rows` cut into batches of `rows_per_batch`, the last one filled up with empty rows."""
+    rows = pack_rows(lengths, order, length)
+    empty = np.zeros(0, np.int64)
+    plan = []
+    for start in range(0, len(rows), rows_per_batch):
+        members = rows[start : start + rows_per_batch]
+        plan.append((None, members + [empty] * (rows_per_batch - len(members))))
+    return plan
+
+
+def packed_rows_per_batch(max_tokens: int, pack_length: int, batch_multiple: int = 1) -> int:
+    """Rows of `pack_length` tokens within the token budget (at least one, a multiple of `batch_multiple`)."""
+    return max(batch_multiple, max_tokens // pack_length // batch_multiple * batch_multiple)
+
+
 def _lengths(examples: Sequence[Example]) -> np.ndarray:
     return np.array([(len(s), 0 if t is None else len(t)) for s, t in examples], np.int64).reshape(-1, 2)
 
@@ -279,10 +319,13 @@ def _lengths(examples: Sequence[Example]) -> np.ndarray:
 class BatchIterator:
     """Training batches within a token budget (§5.1), reshuffled every epoch, resumable at any batch.
 
-    Each batch has `rows` sentence pairs with rows * max(S, T) <= max_tokens. Within a length bucket the examples are
-    shuffled from (seed, epoch) before being cut into batches, then the order of all batches is shuffled from (seed,
-    epoch) too: batches differ from epoch to epoch, but the same seed and epoch always give the same batches, which is
-    what makes `state()` + `restore()` an exact resume.
+    Length buckets (`pack_length` 0): each batch has `rows` sentence pairs with rows * max(S, T) <= max_tokens.
+    Within a length bucket the examples are shuffled from (seed, epoch) before being cut into batches, then the order
+    of all batches is shuffled from (seed, epoch) too. Packing (`pack_length` > 0): the examples, shuffled from
+    (seed, epoch), are packed several to a row of `pack_length` tokens (`pack_rows`), max_tokens // pack_length rows
+    per batch: one batch shape, and segment ids and positions in every batch (`_make_packed_batch`). Either way
+    batches differ from epoch to epoch, but the same seed and epoch always give the same batches, which is what makes
+    `state()` + `restore()` an exact resume.
 
     Iterating never ends: it runs through epoch after epoch, starting where `state()` says; `epoch_batches(epoch)`
     gives one epoch without touching the position.
@@ -297,22 +340,39 @@ class BatchIterator:
         shuffle: bool = True,
         min_bucket_batches: int = 2,
         batch_multiple: int = 1,
+        pack_length: int = 0,
     ):
         if not examples:
             raise UserError("no training examples left to batch; fix: check the data, or raise data.max_len")
         self.examples, self.seed, self.shuffle = examples, seed, shuffle
-        lengths = _lengths(examples)
-        self._buckets = plan_buckets(lengths, max_tokens, length_bucket_step, min_bucket_batches, batch_multiple)
-        slots = sum(b.num_batches * b.rows * (b.src_len + b.tgt_len) for b in self._buckets)
+        self._lengths = lengths = _lengths(examples)
+        self.pack_length = pack_length
+        self._cached: tuple[int, list] | None = None
+        if pack_length:
+            if lengths.max() > pack_length:
+                raise UserError(
+                    f"an example of {lengths.max()} tokens does not fit a packed row of data.pack_length="
+                    f"{pack_length}; fix: set data.pack_length >= data.max_len"
+                )
+            self._buckets = []
+            self.rows_per_batch = packed_rows_per_batch(max_tokens, pack_length, batch_multiple)
+            slots = len(self._epoch_plan(0)) * self.rows_per_batch * pack_length * (1 + (lengths[:, 1] > 0).any())
+        else:
+            self._buckets = plan_buckets(lengths, max_tokens, length_bucket_step, min_bucket_batches, batch_multiple)
+            slots = sum(b.num_batches * b.rows * (b.src_len + b.tgt_len) for b in self._buckets)
         self.padding_efficiency = float(lengths.sum() / slots)  # real tokens / padded slots, source + target
         settings = [max_tokens, length_bucket_step, seed, shuffle, min_bucket_batches, batch_multiple]
+        if pack_length:  # (so that the fingerprints of bucketed runs stay what they were)
+            settings.append(pack_length)
         digest = hashlib.sha256(json.dumps(settings).encode() + lengths.tobytes())
         self.fingerprint = digest.hexdigest()[:16]
         self.epoch, self.index = 0, 0
-        self._cached: tuple[int, list] | None = None
 
     @property
     def num_batches_per_epoch(self) -> int:
+        """Batches of one epoch (packed: of epoch 0; packing another order may take a batch more or less)."""
+        if self.pack_length:
+            return len(self._epoch_plan(0))
         return sum(b.num_batches for b in self._buckets)
 
     def __len__(self) -> int:
@@ -321,6 +381,8 @@ class BatchIterator:
     @property
     def shapes(self) -> list[tuple[int, int, int]]:
         """The distinct (rows, S, T) batch shapes: one jit compilation each."""
+        if self.pack_length:
+            return [(self.rows_per_batch, self.pack_length, self.pack_length)]
         return sorted({(b.rows, b.src_len, b.tgt_len) for b in self._buckets if b.num_batches})
 
     def stats(self) -> dict:
@@ -331,27 +393,37 @@ class BatchIterator:
             "padding_efficiency": round(self.padding_efficiency, 4),
         }
 
-    def _epochplan_buckets(self, epoch: int) -> list[tuple[int, np.ndarray]]:
+    def _epoch_plan(self, epoch: int) -> list[tuple]:
+        """(bucket, example indices) of every batch of `epoch`; packed: (None, example indices of each row)."""
         if self._cached is None or self._cached[0] != epoch:
             rng = np.random.default_rng([self.seed % 2**32, epoch]) if self.shuffle else None  # seeds must be >= 0
-            plan = assign_batches(self._buckets, rng)
-            if rng is not None:
-                plan = [plan[i] for i in rng.permutation(len(plan))]
+            if self.pack_length:
+                order = rng.permutation(len(self.examples)) if rng is not None else np.arange(len(self.examples))
+                plan = _packed_plan(self._lengths, order, self.pack_length, self.rows_per_batch)
+            else:
+                plan = assign_batches(self._buckets, rng)
+                if rng is not None:
+                    plan = [plan[i] for i in rng.permutation(len(plan))]
             self._cached = (epoch, plan)
         return self._cached[1]
 
+    def _batch(self, position, indices) -> dict[str, np.ndarray]:
+        if self.pack_length:
+            return _make_packed_batch(self.examples, indices, self.pack_length)
+        return _make_batch(self.examples, indices, self._buckets[position])
+
     def epoch_batches(self, epoch: int, start: int = 0) -> Iterator[dict[str, np.ndarray]]:
         """The batches of `epoch` from batch `start` on, in order (the same every time)."""
-        for position, indices in self._epochplan_buckets(epoch)[start:]:
-            yield _make_batch(self.examples, indices, self._buckets[position])
+        for position, indices in self._epoch_plan(epoch)[start:]:
+            yield self._batch(position, indices)
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         while True:
-            plan = self._epochplan_buckets(self.epoch)
+            plan = self._epoch_plan(self.epoch)
             while self.index < len(plan):
                 position, indices = plan[self.index]
                 self.index += 1
-                yield _make_batch(self.examples, indices, self._buckets[position])
+                yield self._batch(position, indices)
             self.epoch, self.index = self.epoch + 1, 0
 
     def state(self) -> dict:
@@ -370,7 +442,20 @@ class BatchIterator:
             if strict:
                 raise UserError(f"{message}; fix: resume with the original data and config, or start a new run")
             log.warning(message)
-        self.epoch, self.index = int(state["epoch"]), min(int(state["index"]), self.num_batches_per_epoch)
+        self.epoch = int(state["epoch"])
+        self.index = min(int(state["index"]), len(self._epoch_plan(self.epoch)))
+
+
+def packed_batches(examples: Sequence[Example], max_tokens: int, pack_length: int) -> Iterator[dict[str, np.ndarray]]:
+    """Evaluation batches of packed rows in the examples' order (one shape; for sums such as the validation loss,
+    which do not depend on the order). Examples longer than `pack_length` go into a row of their own length."""
+    lengths = _lengths(examples)
+    fits = np.flatnonzero(lengths.max(axis=1) <= pack_length)
+    rows_per_batch = packed_rows_per_batch(max_tokens, pack_length)
+    for _, rows in _packed_plan(lengths, fits, pack_length, rows_per_batch):
+        yield _make_packed_batch(examples, rows, pack_length)
+    for i in np.flatnonzero(lengths.max(axis=1) > pack_length).tolist():
+        yield _make_packed_batch(examples, [np.array([i])], int(lengths[i].max()))
 
 
 def eval_batches(

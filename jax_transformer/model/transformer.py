@@ -49,6 +49,14 @@ def causal_mask(length: int) -> jax.Array:
     return jnp.tril(jnp.ones((length, length), dtype=bool))[None, None, :, :]
 
 
+def segment_mask(q_segments: jax.Array, k_segments: jax.Array) -> jax.Array:
+    """Packed rows (several sentences per row, as in T5 and the Flax WMT example): a query may attend to the keys of
+    its own sentence only. Segment ids number the sentences of a row 1, 2, ..; 0 is padding, which nothing attends
+    to. (batch, q_len), (batch, k_len) -> (batch, 1, q_len, k_len)."""
+    same = q_segments[:, :, None] == k_segments[:, None, :]  # (batch, q_len, k_len)
+    return (same & (k_segments != 0)[:, None, :])[:, None]
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Attention (§3.2)
 # ---------------------------------------------------------------------------------------------------------------------
@@ -290,17 +298,25 @@ class LayerStack(nnx.Module):
         self.layers = nnx.List([layer_cls(config, rngs=rngs) for _ in range(num_layers)])
         self.final_norm = _layer_norm(config, rngs) if config.norm_position == "pre" else None
 
-    def embed_positions(self, x, offset=0):
-        """§3.5: add positional encodings for positions offset .. offset+len-1, (LayerNorm,) then dropout (§5.4)."""
+    def embed_positions(self, x, offset=0, positions=None):
+        """§3.5: add positional encodings for positions offset .. offset+len-1, or for the given `positions`
+        (batch, len) of packed rows, where each sentence counts from 0; (LayerNorm,) then dropout (§5.4)."""
         length = x.shape[1]
-        if length > self.config.max_len or (isinstance(offset, int) and offset + length > self.config.max_len):
+        if positions is None and (
+            length > self.config.max_len or (isinstance(offset, int) and offset + length > self.config.max_len)
+        ):
             raise ValueError(f"positions up to {offset} + {length} exceed model.max_len={self.config.max_len}")
         if self.config.positional == "learned":
-            positions = self.position_embedding(offset + jnp.arange(length))
+            encoding = self.position_embedding(offset + jnp.arange(length) if positions is None else positions)
         else:
-            table = sinusoidal_positions(self.config.max_len, self.config.d_model, self.config.sinusoidal_layout)
-            positions = jax.lax.dynamic_slice_in_dim(jnp.asarray(table), offset, length, axis=0)
-        x = x + positions.astype(x.dtype)[None]
+            table = jnp.asarray(
+                sinusoidal_positions(self.config.max_len, self.config.d_model, self.config.sinusoidal_layout)
+            )
+            if positions is None:
+                encoding = jax.lax.dynamic_slice_in_dim(table, offset, length, axis=0)
+            else:
+                encoding = table[positions]  # (batch, len, d_model)
+        x = x + (encoding if encoding.ndim == 3 else encoding[None]).astype(x.dtype)
         if self.embedding_norm is not None:
             x = self.embedding_norm(x)
         return self.dropout(x)
@@ -315,8 +331,8 @@ class Encoder(LayerStack):
     def __init__(self, config: ModelConfig, *, rngs):
         super().__init__(config, EncoderLayer, config.num_encoder_layers, rngs=rngs)
 
-    def __call__(self, x, mask):  # (batch, src_len, d_model) token embeddings -> (batch, src_len, d_model)
-        x = self.embed_positions(x)
+    def __call__(self, x, mask, positions=None):  # (batch, src_len, d_model) token embeddings -> same shape
+        x = self.embed_positions(x, positions=positions)
         for layer in self.layers:
             x = layer(x, mask)
         return self.finish(x)
@@ -328,11 +344,12 @@ class Decoder(LayerStack):
     def __init__(self, config: ModelConfig, *, rngs):
         super().__init__(config, DecoderLayer, config.num_decoder_layers, rngs=rngs)
 
-    def __call__(self, x, memory, self_mask, cross_mask, *, caches=None, index=0, cross_key_values=None):
-        """x: (batch, tgt_len, d_model) token embeddings of positions index ..; see `DecoderLayer.__call__` for the
-        rest (`caches`, `cross_key_values`: one per layer). Returns ((batch, tgt_len, d_model), the updated caches,
-        None without)."""
-        x = self.embed_positions(x, offset=index)
+    def __call__(self, x, memory, self_mask, cross_mask, *, caches=None, index=0, cross_key_values=None,
+                 positions=None):  # fmt: skip
+        """x: (batch, tgt_len, d_model) token embeddings of positions index .. (or `positions`, packed rows); see
+        `DecoderLayer.__call__` for the rest (`caches`, `cross_key_values`: one per layer). Returns ((batch, tgt_len,
+        d_model), the updated caches, None without)."""
+        x = self.embed_positions(x, offset=index, positions=positions)
         num_layers = len(self.layers)
         layer_caches = caches if caches is not None else [None] * num_layers
         layer_cross = cross_key_values if cross_key_values is not None else [None] * num_layers
@@ -373,10 +390,15 @@ class Transformer(nnx.Module):
             x = x * jnp.asarray(math.sqrt(self.config.d_model), x.dtype)
         return x
 
-    def encode(self, src_ids):
-        """(batch, src_len) ids -> encoder output (batch, src_len, d_model) and its mask (batch, 1, 1, src_len)."""
-        src_mask = padding_mask(src_ids, self.config.pad_id)
-        return self.encoder(self.embed(self.source_embedding, src_ids), src_mask), src_mask
+    def encode(self, src_ids, src_segments=None, src_positions=None):
+        """(batch, src_len) ids -> encoder output (batch, src_len, d_model) and its mask (batch, 1, 1, src_len).
+        Packed rows pass segment ids and positions (batch, src_len); the mask is then `segment_mask` (batch, 1,
+        src_len, src_len)."""
+        if src_segments is None:
+            src_mask = padding_mask(src_ids, self.config.pad_id)
+        else:
+            src_mask = segment_mask(src_segments, src_segments)
+        return self.encoder(self.embed(self.source_embedding, src_ids), src_mask, src_positions), src_mask
 
     def logits(self, x):
         """Pre-softmax projection (§3.4), in fp32 for a stable loss. (batch, len, d_model) -> (batch, len, vocab)."""
@@ -387,11 +409,17 @@ class Transformer(nnx.Module):
             return bf16_matmul(x, embedding.embedding[...].astype(jnp.bfloat16).T)
         return embedding.attend(x).astype(jnp.float32)
 
-    def decode(self, tgt_ids, memory, src_mask):
-        """(batch, tgt_len) target prefix ids (BOS first) -> next-token logits (batch, tgt_len, tgt_vocab)."""
+    def decode(self, tgt_ids, memory, cross_mask, tgt_segments=None, tgt_positions=None):
+        """(batch, tgt_len) target prefix ids (BOS first) -> next-token logits (batch, tgt_len, tgt_vocab).
+        `cross_mask`: the source padding mask (batch, 1, 1, src_len), or for packed rows `segment_mask(tgt_segments,
+        src_segments)` (batch, 1, tgt_len, src_len)."""
         tgt_len = tgt_ids.shape[1]
-        self_mask = causal_mask(tgt_len) & padding_mask(tgt_ids, self.config.pad_id)  # (batch, 1, tgt_len, tgt_len)
-        x, _ = self.decoder(self.embed(self.target_token_embedding(), tgt_ids), memory, self_mask, src_mask)
+        if tgt_segments is None:
+            self_mask = causal_mask(tgt_len) & padding_mask(tgt_ids, self.config.pad_id)  # (batch, 1, tgt, tgt)
+        else:
+            self_mask = causal_mask(tgt_len) & segment_mask(tgt_segments, tgt_segments)
+        embedded = self.embed(self.target_token_embedding(), tgt_ids)
+        x, _ = self.decoder(embedded, memory, self_mask, cross_mask, positions=tgt_positions)
         return self.logits(x)
 
     # Incremental decoding with a key/value cache: the encoder runs once, cross-attention keys/values are projected
@@ -416,10 +444,19 @@ class Transformer(nnx.Module):
         )  # fmt: skip
         return self.logits(x)[:, 0], cache
 
-    def __call__(self, src_ids, tgt_ids):
-        """Teacher-forced logits: (batch, src_len), (batch, tgt_len) -> (batch, tgt_len, tgt_vocab)."""
-        memory, src_mask = self.encode(src_ids)
-        return self.decode(tgt_ids, memory, src_mask)
+    def __call__(self, src_ids, tgt_ids, src_segments=None, tgt_segments=None, src_positions=None,
+                 tgt_positions=None):  # fmt: skip
+        """Teacher-forced logits: (batch, src_len), (batch, tgt_len) -> (batch, tgt_len, tgt_vocab).
+
+        Packed rows (`data.pack_length`) hold several sentence pairs: segment ids (1, 2, .. per pair, 0 for padding)
+        and positions (counting from 0 in each sentence) of the source and target, each (batch, len), keep every
+        pair's attention within its own sentences, so each pair gets the logits it would get alone."""
+        if src_segments is None:
+            memory, src_mask = self.encode(src_ids)
+            return self.decode(tgt_ids, memory, src_mask)
+        memory, _ = self.encode(src_ids, src_segments, src_positions)
+        cross_mask = segment_mask(tgt_segments, src_segments)  # (batch, 1, tgt_len, src_len)
+        return self.decode(tgt_ids, memory, cross_mask, tgt_segments, tgt_positions)
 
 
 class EncoderClassifier(nnx.Module):

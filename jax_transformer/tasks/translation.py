@@ -48,12 +48,16 @@ def label_smoothed_cross_entropy(logits, targets, pad_id: int, smoothing: float)
     return jnp.sum(loss * weights), jnp.sum(-target_log_prob * weights), jnp.sum(weights)
 
 
+PACKING_KEYS = ("src_segments", "tgt_segments", "src_positions", "tgt_positions")
+
+
 def translation_steps(config: Config, model: Transformer, mesh=None) -> Steps:
     """The engine's steps for a translation model: label-smoothed loss, gradient averaged over target tokens."""
     pad_id, smoothing = config.model.pad_id, config.train.label_smoothing
 
     def sums(model, batch):
-        logits = model(batch["src"], batch["tgt_in"])  # (batch, tgt_len, vocab)
+        packing = {name: batch[name] for name in PACKING_KEYS if name in batch}  # packed rows (data.pack_length)
+        logits = model(batch["src"], batch["tgt_in"], **packing)  # (batch, tgt_len, vocab)
         loss, nll, tokens = label_smoothed_cross_entropy(logits, batch["tgt_out"], pad_id, smoothing)
         return {"loss": loss, "nll": nll, "tokens": tokens}
 
@@ -83,6 +87,7 @@ class TranslationData:
             cfg.length_bucket_step,
             seed=config.seed,
             min_bucket_batches=cfg.min_bucket_batches,
+            pack_length=cfg.pack_length,
         )
         valid_pairs = data_lib.load_split(cfg, cfg.valid_split)
         valid = data_lib.encode_examples(valid_pairs, self.tokenizer, None, cfg.max_source_len)
@@ -114,10 +119,15 @@ def resolve_config(config: Config, tokenizer) -> Config:
 
 
 def evaluate_loss(steps: Steps, params, examples, config: Config) -> dict:
-    """Validation loss, token-level NLL and perplexity, in a few batch shapes (each compiles once)."""
+    """Validation loss, token-level NLL and perplexity, in a few batch shapes (each compiles once; packed rows with
+    `data.pack_length`)."""
     cfg = config.data
-    batches = data_lib.eval_batches(examples, cfg.max_tokens, cfg.length_bucket_step, cfg.min_bucket_batches)
-    total = sum_metrics([steps.eval_step(params, steps.shard_batch(batch)) for batch, _ in batches])
+    if cfg.pack_length:  # one shape
+        batches = data_lib.packed_batches(examples, cfg.max_tokens, cfg.pack_length)
+    else:
+        buckets = data_lib.eval_batches(examples, cfg.max_tokens, cfg.length_bucket_step, cfg.min_bucket_batches)
+        batches = (batch for batch, _ in buckets)
+    total = sum_metrics([steps.eval_step(params, steps.shard_batch(batch)) for batch in batches])
     tokens = max(total["tokens"], 1.0)
     return {
         "loss": total["loss"] / tokens,
