@@ -356,7 +356,8 @@ class BatchIterator:
                 )
             self._buckets = []
             self.rows_per_batch = packed_rows_per_batch(max_tokens, pack_length, batch_multiple)
-            slots = len(self._epoch_plan(0)) * self.rows_per_batch * pack_length * (1 + (lengths[:, 1] > 0).any())
+            sides = 2 if (lengths[:, 1] > 0).any() else 1
+            slots = len(self._epoch_plan(0)) * self.rows_per_batch * pack_length * sides
         else:
             self._buckets = plan_buckets(lengths, max_tokens, length_bucket_step, min_bucket_batches, batch_multiple)
             slots = sum(b.num_batches * b.rows * (b.src_len + b.tgt_len) for b in self._buckets)
