@@ -154,7 +154,8 @@ def corpus(tmp_path_factory):
 
 def _config(corpus, run_dir, pack_length=0, **train):
     data = DataConfig(path=corpus, vocab_size=250, max_len=40, max_tokens=400, length_bucket_step=16,
-                      min_bucket_batches=4, cache_dir=os.path.join(corpus, ".cache"), pack_length=pack_length)  # fmt: skip
+                      min_bucket_batches=4, cache_dir=os.path.join(corpus, ".cache"),
+                      pack_length=pack_length)  # fmt: skip
     train_cfg = dict(steps=12, schedule="inverse_sqrt", learning_rate=2e-3, warmup_steps=4, clip_grad_norm=1.0,
                      log_every=4, eval_every=0, save_every=4, keep_checkpoints=3)  # fmt: skip
     train_cfg.update(train)
