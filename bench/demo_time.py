@@ -50,7 +50,7 @@ def main() -> None:
     translate_s = time.time() - started
     records = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8")]
     valid = [r for r in records if r.get("kind") == "valid"][-1]
-    shapes = re.search(r"in (\d+) shapes?, ([\d.]+%) real tokens", data_line)
+    shapes = re.search(r"in (\d+) shapes?[^,]*, ([\d.]+%) real tokens", data_line)
     print("\n".join(common.machine_lines()))
     print(f"overrides: {' '.join(overrides) or '(none)'}")
     print(sources.stdout.strip())

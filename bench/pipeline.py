@@ -84,10 +84,12 @@ def main() -> int:
         share = alone["ms_per_batch"] / (1000 * loop["s_per_step"])
         print("\n".join(common.machine_lines() + [common.xla_flags_line()]))
         print(f"- recipe: {args.config} {' '.join(args.overrides)}".rstrip())
+        batching = (f"data.pack_length={base.data.pack_length}" if base.data.pack_length
+                    else f"data.length_bucket_step={base.data.length_bucket_step}")  # fmt: skip
         print(f"- {stats['examples']:,} training pairs, {stats['batches_per_epoch']:,} batches/epoch in "
-              f"{stats['shapes']} shapes (data.length_bucket_step={base.data.length_bucket_step}, "
-              f"data.max_tokens={base.data.max_tokens:,}); {args.steps} updates in {wall:.0f} s, the figures over "
-              f"the {loop['windows']} log windows after update {args.skip_steps}\n")  # fmt: skip
+              f"{stats['shapes']} shape(s) ({batching}, data.max_tokens={base.data.max_tokens:,}); {args.steps} "
+              f"updates in {wall:.0f} s, the figures over the {loop['windows']} log windows after update "
+              f"{args.skip_steps}\n")  # fmt: skip
         rows = [
             ("real (non-pad) source + target tokens/s, whole loop", f"{loop['tokens_per_s']:,.0f}"),
             ("seconds per update, whole loop (median window)", f"{loop['s_per_step']:.3f}"),

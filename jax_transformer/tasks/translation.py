@@ -103,7 +103,8 @@ class TranslationData:
         say(
             f"data: {len(train_pairs):,} training pairs ({dropped:,} longer than data.max_len={cfg.max_len} dropped), "
             f"{len(valid_pairs):,} validation pairs{truncation}; vocabulary {self.tokenizer.vocab_size:,}; "
-            f"{stats['batches_per_epoch']:,} batches/epoch in {stats['shapes']} shapes, "
+            f"{stats['batches_per_epoch']:,} batches/epoch in {stats['shapes']} shape{'s' * (stats['shapes'] != 1)}"
+            f"{f' (packed rows of {cfg.pack_length} tokens)' if cfg.pack_length else ''}, "
             f"{stats['padding_efficiency']:.1%} real tokens; prepared in {time.time() - started:.1f}s"
         )
         self.dropped, self.truncated = dropped, encoded.truncated
