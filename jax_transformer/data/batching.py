@@ -16,6 +16,12 @@ class Bucket:
     spill_to: int | None  # bucket that takes the examples that do not fill whole batches here (None: pad rows)
 
 
+def rows_within_budget(max_tokens: int, length: int, batch_multiple: int = 1) -> int:
+    """Rows of `length` padded tokens within a budget of `max_tokens` (at least one, a multiple of `batch_multiple`):
+    the row count of a bucket's batches, and of packed batches."""
+    return max(batch_multiple, max_tokens // length // batch_multiple * batch_multiple)
+
+
 def plan_buckets(lengths: np.ndarray, max_tokens: int, step: int, min_batches: int, batch_multiple: int = 1,
                  rows: int = 0, max_len: int = 0) -> list[Bucket]:
     """Group examples by padded (source, target) length, fixing each shape's row count and number of batches.
@@ -40,7 +46,7 @@ def plan_buckets(lengths: np.ndarray, max_tokens: int, step: int, min_batches: i
     counts = [len(m) for m in members]
     buckets = []
     for k, (src_len, tgt_len) in enumerate(keys.tolist()):
-        per_batch = rows or max(batch_multiple, max_tokens // max(src_len, tgt_len) // batch_multiple * batch_multiple)
+        per_batch = rows or rows_within_budget(max_tokens, max(src_len, tgt_len), batch_multiple)
         fits = (keys[k + 1 :] >= keys[k]).all(axis=1)  # later buckets holding both sides; the first is the smallest
         spill_to = k + 1 + int(fits.argmax()) if fits.any() else None
         if spill_to is None:
@@ -73,8 +79,8 @@ def pack_rows(lengths: np.ndarray, order: np.ndarray, length: int, open_rows: in
 
     Each example goes to the first open row with room for both its source and its target (first fit); with
     `open_rows` rows open, a new row closes the oldest one. That keeps the order of the stream (rows fill as the
-    examples arrive) and fills rows to ~97% on Multi30k. `lengths` is (n, 2), each side at most `length`. Returns
-    the example indices of every row, rows in the order they were opened.
+    examples arrive); on Multi30k, rows of 64 tokens are 93.3% real tokens. `lengths` is (n, 2), each side at most
+    `length`. Returns the example indices of every row, rows in the order they were opened.
     """
     rows: list[list[int]] = []
     open_ids: list[int] = []  # indices into `rows` of the open rows, oldest first
@@ -95,3 +101,15 @@ def pack_rows(lengths: np.ndarray, order: np.ndarray, length: int, open_rows: in
         rows[open_ids[slot]].append(i)
         room[slot] -= need
     return [np.asarray(row, np.int64) for row in rows]
+
+
+def assign_packed_batches(lengths: np.ndarray, order: np.ndarray, length: int, rows_per_batch: int) -> list:
+    """(None, example indices of each row) of every batch: the rows of `pack_rows` cut into batches of
+    `rows_per_batch`, the last one filled up with empty rows."""
+    rows = pack_rows(lengths, order, length)
+    empty = np.zeros(0, np.int64)
+    plan = []
+    for start in range(0, len(rows), rows_per_batch):
+        members = rows[start : start + rows_per_batch]
+        plan.append((None, members + [empty] * (rows_per_batch - len(members))))
+    return plan

@@ -25,7 +25,13 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jax_transformer.config import DataConfig, UserError
-from jax_transformer.data.batching import Bucket, assign_batches, pack_rows, plan_buckets
+from jax_transformer.data.batching import (
+    Bucket,
+    assign_batches,
+    assign_packed_batches,
+    plan_buckets,
+    rows_within_budget,
+)
 from jax_transformer.data.readers import MAX_LINE_CHARS, read_local_pairs, record_field, split_files  # noqa: F401
 from jax_transformer.data.tokenizer import BOS_ID, PAD_ID, Tokenizer, train_tokenizer
 
@@ -296,22 +302,6 @@ def _make_packed_batch(examples: Sequence[Example], rows: Sequence[np.ndarray], 
     return batch
 
 
-def _packed_plan(lengths: np.ndarray, order: np.ndarray, length: int, rows_per_batch: int) -> list:
-    """Rows of `pack_rows` cut into batches of `rows_per_batch`, the last one filled up with empty rows."""
-    rows = pack_rows(lengths, order, length)
-    empty = np.zeros(0, np.int64)
-    plan = []
-    for start in range(0, len(rows), rows_per_batch):
-        members = rows[start : start + rows_per_batch]
-        plan.append((None, members + [empty] * (rows_per_batch - len(members))))
-    return plan
-
-
-def packed_rows_per_batch(max_tokens: int, pack_length: int, batch_multiple: int = 1) -> int:
-    """Rows of `pack_length` tokens within the token budget (at least one, a multiple of `batch_multiple`)."""
-    return max(batch_multiple, max_tokens // pack_length // batch_multiple * batch_multiple)
-
-
 def _lengths(examples: Sequence[Example]) -> np.ndarray:
     return np.array([(len(s), 0 if t is None else len(t)) for s, t in examples], np.int64).reshape(-1, 2)
 
@@ -355,9 +345,10 @@ class BatchIterator:
                     f"{pack_length}; fix: set data.pack_length >= data.max_len"
                 )
             self._buckets = []
-            self.rows_per_batch = packed_rows_per_batch(max_tokens, pack_length, batch_multiple)
+            self.rows_per_batch = rows_within_budget(max_tokens, pack_length, batch_multiple)
+            self._packed_batches_epoch0 = len(self._epoch_plan(0))
             sides = 2 if (lengths[:, 1] > 0).any() else 1
-            slots = len(self._epoch_plan(0)) * self.rows_per_batch * pack_length * sides
+            slots = self._packed_batches_epoch0 * self.rows_per_batch * pack_length * sides
         else:
             self._buckets = plan_buckets(lengths, max_tokens, length_bucket_step, min_bucket_batches, batch_multiple)
             slots = sum(b.num_batches * b.rows * (b.src_len + b.tgt_len) for b in self._buckets)
@@ -373,7 +364,7 @@ class BatchIterator:
     def num_batches_per_epoch(self) -> int:
         """Batches of one epoch (packed: of epoch 0; packing another order may take a batch more or less)."""
         if self.pack_length:
-            return len(self._epoch_plan(0))
+            return self._packed_batches_epoch0  # counted once: re-planning epoch 0 would evict the cached epoch
         return sum(b.num_batches for b in self._buckets)
 
     def __len__(self) -> int:
@@ -400,7 +391,7 @@ class BatchIterator:
             rng = np.random.default_rng([self.seed % 2**32, epoch]) if self.shuffle else None  # seeds must be >= 0
             if self.pack_length:
                 order = rng.permutation(len(self.examples)) if rng is not None else np.arange(len(self.examples))
-                plan = _packed_plan(self._lengths, order, self.pack_length, self.rows_per_batch)
+                plan = assign_packed_batches(self._lengths, order, self.pack_length, self.rows_per_batch)
             else:
                 plan = assign_batches(self._buckets, rng)
                 if rng is not None:
@@ -451,12 +442,12 @@ def packed_batches(examples: Sequence[Example], max_tokens: int, pack_length: in
     """Evaluation batches of packed rows in the examples' order (one shape; for sums such as the validation loss,
     which do not depend on the order). Examples longer than `pack_length` go into a row of their own length."""
     lengths = _lengths(examples)
-    fits = np.flatnonzero(lengths.max(axis=1) <= pack_length)
-    rows_per_batch = packed_rows_per_batch(max_tokens, pack_length)
-    for _, rows in _packed_plan(lengths, fits, pack_length, rows_per_batch):
+    longest = lengths.max(axis=1)
+    rows_per_batch = rows_within_budget(max_tokens, pack_length)
+    for _, rows in assign_packed_batches(lengths, np.flatnonzero(longest <= pack_length), pack_length, rows_per_batch):
         yield _make_packed_batch(examples, rows, pack_length)
-    for i in np.flatnonzero(lengths.max(axis=1) > pack_length).tolist():
-        yield _make_packed_batch(examples, [np.array([i])], int(lengths[i].max()))
+    for i in np.flatnonzero(longest > pack_length).tolist():
+        yield _make_packed_batch(examples, [np.array([i])], int(longest[i]))
 
 
 def eval_batches(
