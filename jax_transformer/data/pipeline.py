@@ -2,9 +2,11 @@
 
 Every corpus is read through TFDS, without TensorFlow: local files (plain or gzipped text, one sentence per line, or
 TSV / JSONL, read and validated by `readers.py`) are prepared once by `LocalParallelText` into array_record files in
-a cache folder and read back with `as_data_source()` (random access, no tf.data); catalog datasets such as
-'wmt14_translate/de-en' are read the same way from TFDS_DATA_DIR. Bad input (missing files, misaligned or empty
-lines, invalid UTF-8, absurdly long lines) raises a one-line `UserError` naming the file, the line and the fix.
+a cache folder, keyed by their content, and opened with `as_data_source()` (random access, no tf.data); catalog
+datasets such as 'wmt14_translate/de-en' are opened the same way from TFDS_DATA_DIR. `open_split` gives that random
+access (`SplitSource`), which the streaming loader (`stream.py`, packed rows) reads by index; `load_split` reads a
+split into memory (evaluation sets, and training pairs for length buckets). Bad input (missing files, misaligned or
+empty lines, invalid UTF-8, absurdly long lines) raises a one-line `UserError` naming the file, the line and the fix.
 
 Batching follows §5.1: "Sentence pairs were batched together by approximate sequence length. Each training batch
 contained a set of sentence pairs containing approximately 25000 source tokens and 25000 target tokens." Here the
@@ -25,19 +27,13 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jax_transformer.config import DataConfig, UserError
-from jax_transformer.data.batching import (
-    Bucket,
-    assign_batches,
-    assign_packed_batches,
-    plan_buckets,
-    rows_within_budget,
-)
+from jax_transformer.data.batching import Bucket, assign_batches, plan_buckets
 from jax_transformer.data.readers import MAX_LINE_CHARS, read_local_pairs, record_field, split_files  # noqa: F401
 from jax_transformer.data.tokenizer import BOS_ID, PAD_ID, Tokenizer, train_tokenizer
 
 log = logging.getLogger(__name__)
 
-_READER_VERSION = 1  # bump when reading changes, so cached preparations are rebuilt
+_READER_VERSION = 2  # bump when reading changes, so cached preparations are rebuilt
 Example = tuple[np.ndarray, np.ndarray | None]  # (source ids + EOS, target ids + EOS); target None: source only
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -48,9 +44,9 @@ Example = tuple[np.ndarray, np.ndarray | None]  # (source ids + EOS, target ids 
 class LocalParallelText(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """One split of local parallel text as a TFDS dataset in array_record files (readable without TensorFlow).
 
-    The builder config name is the split plus a hash of the input files' paths, sizes and modification times, so an
-    edited file is prepared again while unchanged ones are read from the cache. Examples keep their line order
-    (disable_shuffling), so evaluation outputs line up with the reference file.
+    The builder config name is the split plus a hash of the input files' contents, so an edited file is prepared
+    again while unchanged ones (wherever they are, whatever their modification time) are read from the cache.
+    Examples keep their line order (disable_shuffling), so evaluation outputs line up with the reference file.
     """
 
     VERSION = tfds.core.Version("1.0.0")
@@ -63,9 +59,7 @@ class LocalParallelText(tfds.core.GeneratorBasedBuilder, skip_registration=True)
         self._files = split_files(cfg, split)
         self.tfds_split = re.sub(r"\W", "_", split)
         key = [_READER_VERSION, cfg.format, cfg.src_field or cfg.src_lang, cfg.tgt_field or cfg.tgt_lang]
-        for path in self._files:
-            stat = os.stat(path)
-            key += [os.path.abspath(path), stat.st_size, stat.st_mtime_ns]
+        key += [_content_digest(path) for path in self._files]  # by content: a copied or touched file is not new
         digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
         config = tfds.core.BuilderConfig(name=f"{self.tfds_split}-{digest}", description=" + ".join(self._files))
         super().__init__(config=config, data_dir=data_dir, file_format="array_record")
@@ -105,9 +99,50 @@ def _quiet_tfds():
             tfds.enable_progress_bar()
 
 
-def _read_all(source, chunk: int = 65536) -> Iterator[dict]:
+def _content_digest(path: str) -> str:
+    """sha256 of a file's bytes (about 1 s per GB): the cache key of its preparation."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _read_all(source, chunk: int = 65536) -> Iterator:
     for start in range(0, len(source), chunk):
         yield from source.__getitems__(range(start, min(start + chunk, len(source))))
+
+
+class SplitSource:
+    """Random access to one prepared split's (source, target) text pairs, read from its array_record files only when
+    asked for: `len()`, `[i]` -> (source, target), or None for a catalog pair with an empty side (skipped). What the
+    streaming loader (`stream.PackedStream`) reads by index; `identity` names the data (it changes with the content).
+    """
+
+    def __init__(self, records, identity: str, keys: tuple[str, str] | None = None, where: str = ""):
+        self.records, self.identity = records, identity
+        self._keys, self._where = keys, where  # catalog datasets: the text fields to read; local: 'source', 'target'
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _pair(self, record: dict, i: int) -> tuple[str, str] | None:
+        if self._keys is None:
+            return record["source"].decode("utf-8"), record["target"].decode("utf-8")
+        where = f"{self._where} example {i}"
+        source, target = (record_field(record, key, where).strip() for key in self._keys)
+        return (source, target) if source and target else None
+
+    def __getitem__(self, i: int) -> tuple[str, str] | None:
+        return self._pair(self.records[i], i)
+
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[str, str] | None]:
+        indices = list(indices)
+        return [self._pair(r, i) for r, i in zip(self.records.__getitems__(indices), indices, strict=True)]
+
+    def read_all(self) -> list[tuple[str, str]]:
+        """Every pair in order, those with an empty side left out (and counted in a warning)."""
+        pairs = [pair for pair in _read_all(self) if pair is not None]
+        if len(pairs) < len(self):
+            log.warning("%s: skipped %d pairs with an empty side", self._where, len(self) - len(pairs))
+        return pairs
 
 
 def default_cache_dir() -> str:
@@ -115,14 +150,14 @@ def default_cache_dir() -> str:
     return os.path.join(base, "jax_transformer", "tfds")
 
 
-def load_split(cfg: DataConfig, split: str, data_dir: str | None = None) -> list[tuple[str, str]]:
-    """The (source, target) text pairs of `split`, read through TFDS.
+def open_split(cfg: DataConfig, split: str, data_dir: str | None = None) -> SplitSource:
+    """Random access to the (source, target) text pairs of `split`, through TFDS, preparing local files first.
 
     `data_dir` overrides where TFDS data lives: the cache for local files (cfg.cache_dir, else default_cache_dir()),
     the prepared catalog datasets for format 'tfds' (cfg.tfds_data_dir, else TFDS's own default / TFDS_DATA_DIR).
     """
     if cfg.format == "tfds":
-        return _load_catalog(cfg, split, data_dir or cfg.tfds_data_dir or None)
+        return _open_catalog(cfg, split, data_dir or cfg.tfds_data_dir or None)
     data_dir = data_dir or cfg.cache_dir or default_cache_dir()
     with _quiet_tfds():
         builder = LocalParallelText(cfg=cfg, split=split, data_dir=data_dir)
@@ -134,10 +169,15 @@ def load_split(cfg: DataConfig, split: str, data_dir: str | None = None) -> list
                 if not builder.is_prepared():
                     raise
         source = builder.as_data_source(split=builder.tfds_split)
-    return [(ex["source"].decode("utf-8"), ex["target"].decode("utf-8")) for ex in _read_all(source)]
+    return SplitSource(source, identity=builder.builder_config.name, where=" + ".join(builder._files))
 
 
-def _load_catalog(cfg: DataConfig, split: str, data_dir: str | None) -> list[tuple[str, str]]:
+def load_split(cfg: DataConfig, split: str, data_dir: str | None = None) -> list[tuple[str, str]]:
+    """The (source, target) text pairs of `split` in order, in memory (evaluation sets; training data streams)."""
+    return open_split(cfg, split, data_dir).read_all()
+
+
+def _open_catalog(cfg: DataConfig, split: str, data_dir: str | None) -> SplitSource:
     import tensorflow_datasets.translate  # noqa: F401  registers wmt14_translate & co., not imported by default
 
     name, where = cfg.tfds_name, data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
@@ -167,19 +207,9 @@ def _load_catalog(cfg: DataConfig, split: str, data_dir: str | None) -> list[tup
                 f"TFDS dataset {name} in {builder.data_dir} is stored as {builder.info.file_format.value}, which "
                 f"needs TensorFlow to read; fix: prepare it again as array_record: `{prepare}`"
             ) from None
-    src_key, tgt_key = cfg.src_field or cfg.src_lang, cfg.tgt_field or cfg.tgt_lang
-    pairs, skipped = [], 0
-    for i, example in enumerate(_read_all(source)):
-        where = f"TFDS {name} split {split} example {i}"
-        source_text = record_field(example, src_key, where).strip()
-        target_text = record_field(example, tgt_key, where).strip()
-        if source_text and target_text:
-            pairs.append((source_text, target_text))
-        else:
-            skipped += 1
-    if skipped:
-        log.warning("%s split %s: skipped %d pairs with an empty side", name, split, skipped)
-    return pairs
+    keys = (cfg.src_field or cfg.src_lang, cfg.tgt_field or cfg.tgt_lang)
+    identity = f"{name}:{builder.info.version}:{split}:{len(source)}"
+    return SplitSource(source, identity=identity, keys=keys, where=f"TFDS {name} split {split}")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -187,10 +217,20 @@ def _load_catalog(cfg: DataConfig, split: str, data_dir: str | None) -> list[tup
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def get_tokenizer(cfg: DataConfig, run_dir: str, train_pairs: Sequence[tuple[str, str]] | None = None) -> Tokenizer:
+def get_tokenizer(
+    cfg: DataConfig,
+    run_dir: str,
+    train_pairs: Sequence[tuple[str, str]] | None = None,
+    source: SplitSource | None = None,
+) -> Tokenizer:
     """The run's tokenizer: `run_dir/spm.model` if it exists (resume, inference), else a copy of cfg.spm_model, else
     a joint vocabulary trained on the training split's source and target sentences (at most cfg.spm_max_sentences,
-    sampled with a fixed seed so the same data gives the same vocabulary)."""
+    sampled with a fixed seed so the same data gives the same vocabulary).
+
+    The training sentences come from `train_pairs`, else from `source` (read by index: only the sampled pairs are
+    read), else from the training split. A vocabulary trained from a prepared split is also kept in the data cache,
+    named by the split's content and the vocabulary settings, so the next run on the same data starts at once.
+    """
     path = os.path.join(run_dir, "spm.model")
     if os.path.isfile(path):
         tokenizer = Tokenizer.load(path)
@@ -199,17 +239,50 @@ def get_tokenizer(cfg: DataConfig, run_dir: str, train_pairs: Sequence[tuple[str
         tokenizer.check_special_ids()
         tokenizer.save(path)
     else:
-        pairs = train_pairs if train_pairs is not None else load_split(cfg, cfg.train_split)
-        sentences = [text for pair in pairs for text in pair]
-        if len(sentences) > cfg.spm_max_sentences:
-            keep = np.sort(np.random.default_rng(0).choice(len(sentences), cfg.spm_max_sentences, replace=False))
-            sentences = [sentences[i] for i in keep]
-        log.info(
-            "training a %d-piece %s vocabulary on %d sentences", cfg.vocab_size, cfg.spm_model_type, len(sentences)
-        )
-        tokenizer = train_tokenizer(sentences, path, cfg)
+        if train_pairs is None and source is None:
+            source = open_split(cfg, cfg.train_split)
+        cached = _cached_tokenizer_path(cfg, source) if train_pairs is None else None
+        if cached and os.path.isfile(cached):
+            tokenizer = Tokenizer.load(cached)
+            tokenizer.save(path)
+            log.info("vocabulary from the cache: %s", cached)
+        else:
+            sentences = _tokenizer_sentences(cfg, train_pairs, source)
+            log.info(
+                "training a %d-piece %s vocabulary on %d sentences", cfg.vocab_size, cfg.spm_model_type, len(sentences)
+            )
+            tokenizer = train_tokenizer(sentences, path, cfg)
+            if cached:
+                os.makedirs(os.path.dirname(cached), exist_ok=True)
+                tokenizer.save(cached)
     tokenizer.check_special_ids()
     return tokenizer
+
+
+def _cached_tokenizer_path(cfg: DataConfig, source: SplitSource) -> str:
+    import sentencepiece
+
+    settings = [source.identity, cfg.vocab_size, cfg.spm_model_type, cfg.spm_character_coverage,
+                cfg.spm_max_sentences, sentencepiece.__version__]  # fmt: skip
+    digest = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:16]
+    return os.path.join(cfg.cache_dir or default_cache_dir(), "vocabularies", f"{digest}.model")
+
+
+def _tokenizer_sentences(cfg: DataConfig, pairs, source: SplitSource | None) -> list[str]:
+    """Source and target sentences of the training pairs (2i and 2i + 1), at most cfg.spm_max_sentences of them,
+    sampled with a fixed seed; from a SplitSource only the sampled pairs are read."""
+    count = 2 * (len(pairs) if pairs is not None else len(source))
+    keep = np.arange(count)
+    if count > cfg.spm_max_sentences:
+        keep = np.sort(np.random.default_rng(0).choice(count, cfg.spm_max_sentences, replace=False))
+    if pairs is not None:
+        return [pairs[i // 2][i % 2] for i in keep.tolist()]
+    wanted = np.unique(keep // 2)
+    read = {}
+    for start in range(0, len(wanted), 65536):
+        chunk = wanted[start : start + 65536].tolist()
+        read.update(zip(chunk, source.__getitems__(chunk), strict=True))
+    return [read[i // 2][i % 2] for i in keep.tolist() if read[i // 2] is not None]
 
 
 def encode_pairs(
@@ -256,6 +329,26 @@ def encode_examples(
     return Encoded(examples, dropped, truncated)
 
 
+def pair_encoder(tokenizer: Tokenizer, max_len: int, max_source_len: int = 0):
+    """What the streaming loader maps over a SplitSource: a (source, target) text pair -> the pair's training
+    sequences (`stream.pair_features`), or None when it is to be left out (a side longer than `max_len` tokens, EOS
+    included, after cutting the source to `max_source_len`; or an empty side). The same rule as `encode_examples`."""
+    from jax_transformer.data.stream import pair_features
+
+    eos = tokenizer.eos_id
+
+    def encode(pair):
+        if pair is None:
+            return None
+        source, _ = truncate_source(tokenizer.encode_one(pair[0]), max_source_len, eos)
+        target = tokenizer.encode_one(pair[1])
+        if max(len(source), len(target)) + 1 > max_len:
+            return None
+        return pair_features(np.array(source + [eos], np.int32), np.array(target + [eos], np.int32))
+
+    return encode
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Token-budget batching (§5.1)
 # ---------------------------------------------------------------------------------------------------------------------
@@ -278,44 +371,18 @@ def _make_batch(examples: Sequence[Example], indices: np.ndarray, bucket: Bucket
     return {"src": src} if bucket.tgt_len == 0 else {"src": src, "tgt_in": tgt_in, "tgt_out": tgt_out}
 
 
-def _make_packed_batch(examples: Sequence[Example], rows: Sequence[np.ndarray], length: int) -> dict[str, np.ndarray]:
-    """Packed rows (`pack_rows`): src, tgt_in, tgt_out as in `_make_batch`, each pair in its own span of the row
-    (tgt_in starts every target with BOS), plus src/tgt_segments (1, 2, .. per pair, 0 for padding) and
-    src/tgt_positions (counting from 0 in every sentence). All arrays are (len(rows), length); an empty row is
-    padding."""
-    names = ("src", "tgt_in", "tgt_out", "src_segments", "tgt_segments", "src_positions", "tgt_positions")
-    batch = {name: np.zeros((len(rows), length), np.int32) for name in names}
-    assert PAD_ID == 0, "packed rows pad with zeros"
-    for r, members in enumerate(rows):
-        s = t = 0
-        for segment, i in enumerate(members.tolist(), start=1):
-            source, target = examples[i]
-            batch["src"][r, s : s + len(source)] = source
-            batch["src_segments"][r, s : s + len(source)] = segment
-            batch["src_positions"][r, s : s + len(source)] = np.arange(len(source))
-            batch["tgt_out"][r, t : t + len(target)] = target
-            batch["tgt_in"][r, t] = BOS_ID
-            batch["tgt_in"][r, t + 1 : t + len(target)] = target[:-1]
-            batch["tgt_segments"][r, t : t + len(target)] = segment
-            batch["tgt_positions"][r, t : t + len(target)] = np.arange(len(target))
-            s, t = s + len(source), t + len(target)
-    return batch
-
-
 def _lengths(examples: Sequence[Example]) -> np.ndarray:
     return np.array([(len(s), 0 if t is None else len(t)) for s, t in examples], np.int64).reshape(-1, 2)
 
 
 class BatchIterator:
-    """Training batches within a token budget (§5.1), reshuffled every epoch, resumable at any batch.
+    """Training batches of length buckets within a token budget (§5.1), reshuffled every epoch, resumable at any
+    batch. (Packed rows stream instead: `stream.PackedStream`.)
 
-    Length buckets (`pack_length` 0): each batch has `rows` sentence pairs with rows * max(S, T) <= max_tokens.
-    Within a length bucket the examples are shuffled from (seed, epoch) before being cut into batches, then the order
-    of all batches is shuffled from (seed, epoch) too. Packing (`pack_length` > 0): the examples, shuffled from
-    (seed, epoch), are packed several to a row of `pack_length` tokens (`pack_rows`), max_tokens // pack_length rows
-    per batch: one batch shape, and segment ids and positions in every batch (`_make_packed_batch`). Either way
-    batches differ from epoch to epoch, but the same seed and epoch always give the same batches, which is what makes
-    `state()` + `restore()` an exact resume.
+    Each batch has `rows` sentence pairs with rows * max(S, T) <= max_tokens. Within a length bucket the examples are
+    shuffled from (seed, epoch) before being cut into batches, then the order of all batches is shuffled from
+    (seed, epoch) too. So batches differ from epoch to epoch, but the same seed and epoch always give the same batches,
+    which is what makes `state()` + `restore()` an exact resume.
 
     Iterating never ends: it runs through epoch after epoch, starting where `state()` says; `epoch_batches(epoch)`
     gives one epoch without touching the position.
@@ -330,41 +397,22 @@ class BatchIterator:
         shuffle: bool = True,
         min_bucket_batches: int = 2,
         batch_multiple: int = 1,
-        pack_length: int = 0,
     ):
         if not examples:
             raise UserError("no training examples left to batch; fix: check the data, or raise data.max_len")
         self.examples, self.seed, self.shuffle = examples, seed, shuffle
         self._lengths = lengths = _lengths(examples)
-        self.pack_length = pack_length
         self._cached: tuple[int, list] | None = None
-        if pack_length:
-            if lengths.max() > pack_length:
-                raise UserError(
-                    f"an example of {lengths.max()} tokens does not fit a packed row of data.pack_length="
-                    f"{pack_length}; fix: set data.pack_length >= data.max_len"
-                )
-            self._buckets = []
-            self.rows_per_batch = rows_within_budget(max_tokens, pack_length, batch_multiple)
-            self._packed_batches_epoch0 = len(self._epoch_plan(0))
-            sides = 2 if (lengths[:, 1] > 0).any() else 1
-            slots = self._packed_batches_epoch0 * self.rows_per_batch * pack_length * sides
-        else:
-            self._buckets = plan_buckets(lengths, max_tokens, length_bucket_step, min_bucket_batches, batch_multiple)
-            slots = sum(b.num_batches * b.rows * (b.src_len + b.tgt_len) for b in self._buckets)
+        self._buckets = plan_buckets(lengths, max_tokens, length_bucket_step, min_bucket_batches, batch_multiple)
+        slots = sum(b.num_batches * b.rows * (b.src_len + b.tgt_len) for b in self._buckets)
         self.padding_efficiency = float(lengths.sum() / slots)  # real tokens / padded slots, source + target
         settings = [max_tokens, length_bucket_step, seed, shuffle, min_bucket_batches, batch_multiple]
-        if pack_length:  # (so that the fingerprints of bucketed runs stay what they were)
-            settings.append(pack_length)
         digest = hashlib.sha256(json.dumps(settings).encode() + lengths.tobytes())
         self.fingerprint = digest.hexdigest()[:16]
         self.epoch, self.index = 0, 0
 
     @property
     def num_batches_per_epoch(self) -> int:
-        """Batches of one epoch (packed: of epoch 0; packing another order may take a batch more or less)."""
-        if self.pack_length:
-            return self._packed_batches_epoch0  # counted once: re-planning epoch 0 would evict the cached epoch
         return sum(b.num_batches for b in self._buckets)
 
     def __len__(self) -> int:
@@ -373,8 +421,6 @@ class BatchIterator:
     @property
     def shapes(self) -> list[tuple[int, int, int]]:
         """The distinct (rows, S, T) batch shapes: one jit compilation each."""
-        if self.pack_length:
-            return [(self.rows_per_batch, self.pack_length, self.pack_length)]
         return sorted({(b.rows, b.src_len, b.tgt_len) for b in self._buckets if b.num_batches})
 
     def stats(self) -> dict:
@@ -385,23 +431,17 @@ class BatchIterator:
             "padding_efficiency": round(self.padding_efficiency, 4),
         }
 
-    def _epoch_plan(self, epoch: int) -> list[tuple]:
-        """(bucket, example indices) of every batch of `epoch`; packed: (None, example indices of each row)."""
+    def _epoch_plan(self, epoch: int) -> list[tuple[int, np.ndarray]]:
+        """(bucket, example indices) of every batch of `epoch`."""
         if self._cached is None or self._cached[0] != epoch:
             rng = np.random.default_rng([self.seed % 2**32, epoch]) if self.shuffle else None  # seeds must be >= 0
-            if self.pack_length:
-                order = rng.permutation(len(self.examples)) if rng is not None else np.arange(len(self.examples))
-                plan = assign_packed_batches(self._lengths, order, self.pack_length, self.rows_per_batch)
-            else:
-                plan = assign_batches(self._buckets, rng)
-                if rng is not None:
-                    plan = [plan[i] for i in rng.permutation(len(plan))]
+            plan = assign_batches(self._buckets, rng)
+            if rng is not None:
+                plan = [plan[i] for i in rng.permutation(len(plan))]
             self._cached = (epoch, plan)
         return self._cached[1]
 
-    def _batch(self, position, indices) -> dict[str, np.ndarray]:
-        if self.pack_length:
-            return _make_packed_batch(self.examples, indices, self.pack_length)
+    def _batch(self, position: int, indices: np.ndarray) -> dict[str, np.ndarray]:
         return _make_batch(self.examples, indices, self._buckets[position])
 
     def epoch_batches(self, epoch: int, start: int = 0) -> Iterator[dict[str, np.ndarray]]:
@@ -436,18 +476,6 @@ class BatchIterator:
             log.warning(message)
         self.epoch = int(state["epoch"])
         self.index = min(int(state["index"]), len(self._epoch_plan(self.epoch)))
-
-
-def packed_batches(examples: Sequence[Example], max_tokens: int, pack_length: int) -> Iterator[dict[str, np.ndarray]]:
-    """Evaluation batches of packed rows in the examples' order (one shape; for sums such as the validation loss,
-    which do not depend on the order). Examples longer than `pack_length` go into a row of their own length."""
-    lengths = _lengths(examples)
-    longest = lengths.max(axis=1)
-    rows_per_batch = rows_within_budget(max_tokens, pack_length)
-    for _, rows in assign_packed_batches(lengths, np.flatnonzero(longest <= pack_length), pack_length, rows_per_batch):
-        yield _make_packed_batch(examples, rows, pack_length)
-    for i in np.flatnonzero(longest > pack_length).tolist():
-        yield _make_packed_batch(examples, [np.array([i])], int(longest[i]))
 
 
 def eval_batches(

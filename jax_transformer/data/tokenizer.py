@@ -85,6 +85,10 @@ class Tokenizer:
         """Token ids of each text, without BOS/EOS."""
         return self._sp.encode(list(texts), out_type=int, num_threads=os.cpu_count() or 1)
 
+    def encode_one(self, text: str) -> list[int]:
+        """Token ids of one text, without BOS/EOS (in the calling thread: what a streaming reader's threads call)."""
+        return self._sp.encode(text, out_type=int)
+
     def decode(self, ids: Sequence[Sequence[int]]) -> list[str]:
         """Texts of id sequences (lists or numpy rows): stops at the first EOS, drops PAD and BOS.
 

@@ -17,9 +17,11 @@ from flax import nnx
 
 from jax_transformer.config import Config
 from jax_transformer.data import pipeline as data_lib
+from jax_transformer.data.stream import PackedStream, packed_eval_batches
 from jax_transformer.decode.translator import Translator
 from jax_transformer.metrics import bleu, lc_tok_bleu, rouge
 from jax_transformer.model.transformer import Transformer
+from jax_transformer.train import sharding
 from jax_transformer.train.loop import fit, say
 from jax_transformer.train.optimizer import learning_rate_schedule, make_optimizer
 from jax_transformer.train.steps import Steps, sum_metrics
@@ -72,42 +74,67 @@ def translation_steps(config: Config, model: Transformer, mesh=None) -> Steps:
 
 
 class TranslationData:
-    """The run's tokenizer, training batches and evaluation sets."""
+    """The run's tokenizer, training batches and evaluation sets.
+
+    With packed rows (`data.pack_length`) the training pairs stream from the prepared split (`data/stream.py`): nothing
+    is read up front, each process reads its own share. With length buckets they are read into memory, since the
+    bucket plan needs every pair's length before the first batch."""
 
     def __init__(self, config: Config):
         cfg = config.data
         started = time.time()
-        train_pairs = data_lib.load_split(cfg, cfg.train_split)
-        self.tokenizer = data_lib.get_tokenizer(cfg, config.directory, train_pairs)
-        encoded = data_lib.encode_examples(train_pairs, self.tokenizer, cfg.max_len, cfg.max_source_len)
-        examples, dropped = encoded.examples, encoded.dropped
-        self.batches = data_lib.BatchIterator(
-            examples,
-            cfg.max_tokens,
-            cfg.length_bucket_step,
-            seed=config.seed,
-            min_bucket_batches=cfg.min_bucket_batches,
-            pack_length=cfg.pack_length,
-        )
+        train = data_lib.open_split(cfg, cfg.train_split)
+        self.tokenizer = data_lib.get_tokenizer(cfg, config.directory, source=train)
+        if cfg.pack_length:
+            shard, shards = sharding.data_shard(config.mesh)
+            self.batches = PackedStream(
+                train,
+                cfg.max_tokens,
+                cfg.pack_length,
+                encode=data_lib.pair_encoder(self.tokenizer, cfg.max_len, cfg.max_source_len),
+                seed=config.seed,
+                process_index=shard,
+                process_count=shards,
+                identity=train.identity,
+            )
+            share = f"; this process reads data shard {shard + 1} of {shards}" if shards > 1 else ""
+            training = (
+                f"{len(train):,} training pairs streamed (pairs longer than data.max_len={cfg.max_len} are skipped as "
+                f"they come{share}), packed {self.batches.global_rows} rows of {cfg.pack_length} tokens per batch"
+            )
+            self.dropped = self.truncated = None  # counted as they stream
+        else:
+            train_pairs = train.read_all()
+            encoded = data_lib.encode_examples(train_pairs, self.tokenizer, cfg.max_len, cfg.max_source_len)
+            self.batches = data_lib.BatchIterator(
+                encoded.examples,
+                cfg.max_tokens,
+                cfg.length_bucket_step,
+                seed=config.seed,
+                min_bucket_batches=cfg.min_bucket_batches,
+            )
+            stats = self.batches.stats()
+            truncation = ""
+            if cfg.max_source_len:
+                truncation = (
+                    f", {encoded.truncated:,} sources cut to data.max_source_len={cfg.max_source_len} tokens "
+                    f"({encoded.truncated / max(len(encoded.examples), 1):.1%})"
+                )
+            training = (
+                f"{len(train_pairs):,} training pairs ({encoded.dropped:,} longer than data.max_len={cfg.max_len} "
+                f"dropped{truncation}), {stats['batches_per_epoch']:,} batches/epoch in {stats['shapes']} "
+                f"shape{'s' * (stats['shapes'] != 1)}, {stats['padding_efficiency']:.1%} real tokens"
+            )
+            self.dropped, self.truncated = encoded.dropped, encoded.truncated
         valid_pairs = data_lib.load_split(cfg, cfg.valid_split)
         valid = data_lib.encode_examples(valid_pairs, self.tokenizer, None, cfg.max_source_len)
         self.valid_examples = valid.examples
         self.valid_references = [target for _, target in valid_pairs]
-        stats = self.batches.stats()
-        truncation = ""
-        if cfg.max_source_len:
-            truncation = (
-                f"; sources cut to data.max_source_len={cfg.max_source_len} tokens: {encoded.truncated:,} training "
-                f"({encoded.truncated / max(len(examples), 1):.1%}), {valid.truncated:,} validation"
-            )
+        cut = f" ({valid.truncated:,} sources cut)" if cfg.max_source_len else ""
         say(
-            f"data: {len(train_pairs):,} training pairs ({dropped:,} longer than data.max_len={cfg.max_len} dropped), "
-            f"{len(valid_pairs):,} validation pairs{truncation}; vocabulary {self.tokenizer.vocab_size:,}; "
-            f"{stats['batches_per_epoch']:,} batches/epoch in {stats['shapes']} shape{'s' * (stats['shapes'] != 1)}"
-            f"{f' (packed rows of {cfg.pack_length} tokens)' if cfg.pack_length else ''}, "
-            f"{stats['padding_efficiency']:.1%} real tokens; prepared in {time.time() - started:.1f}s"
+            f"data: {training}; {len(valid_pairs):,} validation pairs{cut}; vocabulary "
+            f"{self.tokenizer.vocab_size:,}; ready in {time.time() - started:.1f}s"
         )
-        self.dropped, self.truncated = dropped, encoded.truncated
 
 
 def resolve_config(config: Config, tokenizer) -> Config:
@@ -124,7 +151,7 @@ def evaluate_loss(steps: Steps, params, examples, config: Config) -> dict:
     `data.pack_length`)."""
     cfg = config.data
     if cfg.pack_length:  # one shape
-        batches = data_lib.packed_batches(examples, cfg.max_tokens, cfg.pack_length)
+        batches = packed_eval_batches(examples, cfg.max_tokens, cfg.pack_length)
     else:
         buckets = data_lib.eval_batches(examples, cfg.max_tokens, cfg.length_bucket_step, cfg.min_bucket_batches)
         batches = (batch for batch, _ in buckets)

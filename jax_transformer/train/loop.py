@@ -5,7 +5,8 @@ trains. A task supplies what is its own (see `tasks/translation.py` and `tasks/c
 
   task.config                         the run's config (`directory`, `seed`, `mesh`, `train` with the loop settings)
   task.prepare()                      read and tokenize the data; may resolve `task.config`; sets `task.batches` (an
-                                      endless iterator with `state()` / `restore()` / `epoch`) and `task.total_steps`
+                                      endless iterator with `state()` / `restore()` / `epoch`; with `process_local`
+                                      each process's own rows, of `data_shards` blocks) and `task.total_steps`
   task.fixed_settings(config)         the settings a resumed run must share with the run in the directory
   task.adjustable_settings(config)    those it may change (e.g. a higher train.steps to extend a finished run)
   task.save_run_files()               what the run directory holds besides config.json (labels, tokenizer, ...)
@@ -148,6 +149,9 @@ def fit(task, *, crash_at_step: int | None = None) -> dict:
         """The next batch on the mesh; counts its real (non-pad) tokens for tokens/s."""
         nonlocal real_tokens
         batch = next(batch_iter)
+        if getattr(task.batches, "process_local", False):  # each process made its own rows (streaming input)
+            real_tokens += task.real_tokens(batch) * task.batches.data_shards  # (the other blocks: as full, ~)
+            return steps.shard_local_batch(batch, task.batches.data_shards)
         real_tokens += task.real_tokens(batch)
         return steps.shard_batch(batch)
 

@@ -229,3 +229,25 @@ def put_batch(batch: dict, sharding: NamedSharding) -> dict:
         start, stop = process_rows(sharding, value.shape[0])
         out[key] = jax.make_array_from_process_local_data(sharding, value[start:stop], value.shape)
     return out
+
+
+def data_shard(cfg: MeshConfig) -> tuple[int, int]:
+    """(index, count): this process's devices hold block `index` of `count` equal blocks of rows of every global batch
+    on the mesh of `cfg`, so it reads share `index` of `count` of the training examples (processes holding the same
+    rows, e.g. across the 'model' axis, read the same share). One process: (0, 1)."""
+    if jax.process_count() == 1:
+        return 0, 1
+    mesh = make_mesh(cfg)
+    rows = mesh.shape[DATA]
+    start, stop = process_rows(batch_sharding(mesh), rows)
+    return start // (stop - start), rows // (stop - start)
+
+
+def put_local_batch(batch: dict, sharding: NamedSharding, data_shards: int) -> dict:
+    """This process's block of rows of a global batch of `data_shards` such blocks (`data_shard`), as jax.Arrays
+    of the global batch: what a process that reads only its own share of the data hands JAX."""
+    out = {}
+    for key, value in batch.items():
+        shape = (value.shape[0] * data_shards, *value.shape[1:])
+        out[key] = jax.make_array_from_process_local_data(sharding, value, shape)
+    return out

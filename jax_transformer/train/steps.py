@@ -102,6 +102,12 @@ class Steps:
         batch = sharding.pad_rows(batch, self.mesh.shape[sharding.DATA])
         return sharding.put_batch(batch, self.batch_sharding)
 
+    def shard_local_batch(self, batch: dict, data_shards: int) -> dict:
+        """This process's own rows of the global batch (`sharding.data_shard`: `data_shards` processes, or groups of
+        them, each read their own examples) on the mesh, padded with all-zero rows to the rows its devices take."""
+        batch = sharding.pad_rows(batch, max(1, self.mesh.shape[sharding.DATA] // data_shards))
+        return sharding.put_local_batch(batch, self.batch_sharding, data_shards)
+
     def eval_model(self, params):
         return nnx.merge(self.eval_graphdef, params, self.rng_state)
 
