@@ -50,14 +50,20 @@ def main() -> None:
     translate_s = time.time() - started
     records = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8")]
     valid = [r for r in records if r.get("kind") == "valid"][-1]
-    shapes = re.search(r"in (\d+) shapes?[^,]*, ([\d.]+%) real tokens", data_line)
+    buckets = re.search(r"in (\d+) shapes?[^,]*, ([\d.]+%) real tokens", data_line)
+    trained = [r for r in records if r.get("kind") == "train"]
+    if buckets:
+        shapes, real = buckets.group(1), buckets.group(2)
+    else:  # packed rows stream in one shape; the share of real tokens is measured as they come
+        shapes = "1" if "rows of" in data_line else "?"
+        real = f"{trained[-1]['real_token_share']:.1%}" if "real_token_share" in trained[-1] else "?"
     print("\n".join(common.machine_lines()))
     print(f"overrides: {' '.join(overrides) or '(none)'}")
     print(sources.stdout.strip())
     print(common.markdown_table(
         ["run", "train s", "translate s", "total min", "shapes", "real tokens", "val ppl", "greedy val BLEU (300)"],
         [[args.label, f"{train_s:.0f}", f"{translate_s:.0f}", f"{(train_s + translate_s) / 60:.1f}",
-          shapes.group(1) if shapes else "?", shapes.group(2) if shapes else "?", f"{valid['ppl']:.2f}",
+          shapes, real, f"{valid['ppl']:.2f}",
           f"{valid.get('bleu', float('nan')):.2f}"]],
     ))  # fmt: skip
 

@@ -192,6 +192,35 @@ def hosts_mode(out: str, port: str, pid: int, corpus: str) -> None:
                "rows": sharding.process_rows(sharding.batch_sharding(mesh), 16)}  # fmt: skip
     with open(os.path.join(out, f"hosts{pid}.json"), "w") as f:
         json.dump(result, f)
+    streaming_mode(out, mesh_cfg, pid)
+
+
+def streaming_mode(out: str, mesh_cfg: MeshConfig, pid: int) -> None:
+    """Packed rows streamed by both processes (each reads its own share): a run straight to step 6, and the same run
+    killed after step 5 (its last checkpoint is step 4) and run again; and the pairs each process reads."""
+    from jax_transformer.tasks.translation import TranslationData, train
+    from jax_transformer.train.loop import TrainingInterrupted
+
+    def packed(name):
+        config = run_config(out, os.path.join(out, "corpus"), mesh_cfg, steps=6, eval_every=0)
+        data = dataclasses.replace(config.data, pack_length=64)
+        return dataclasses.replace(config, data=data, run_dir=os.path.join(out, name))
+
+    train(packed("stream_straight"))
+    try:
+        train(packed("stream_crashed"), crash_at_step=5)
+    except TrainingInterrupted:
+        pass
+    train(packed("stream_crashed"))
+    stream = TranslationData(packed("stream_straight")).batches
+    batches = [batch for _, batch in zip(range(30), stream, strict=False)]  # > 1 epoch of this process's share
+    span = lambda b, side, r, k: tuple(b[side][r][b[f"{side[:3]}_segments"][r] == k].tolist())  # noqa: E731
+    pairs = {(span(b, "src", r, k), span(b, "tgt_out", r, k))
+             for b in batches for r in range(len(b["src"])) for k in range(1, b["src_segments"][r].max() + 1)}
+    result = {"data_shard": list(sharding.data_shard(mesh_cfg)), "rows": int(batches[0]["src"].shape[0]),
+              "share": stream.share, "pairs": sorted(pairs)}  # fmt: skip
+    with open(os.path.join(out, f"stream{pid}.json"), "w") as f:
+        json.dump(result, f)
 
 
 if __name__ == "__main__":

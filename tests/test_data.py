@@ -2,9 +2,11 @@
 token-budget batching (§5.1), deterministic shuffling and exact resume."""
 
 import collections
+import dataclasses
 import gzip
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -65,6 +67,16 @@ def test_changed_files_are_prepared_again(tmp_path, corpus):
     write(corpus / "val.en", ["one", "two"])
     write(corpus / "val.de", ["eins", "zwei"])
     assert data.load_split(cfg, "val") == [("one", "eins"), ("two", "zwei")]
+    cache = tmp_path / "cache" / "local_parallel_text"
+    assert len(list(cache.iterdir())) == 2
+    # by content: the same bytes written again (a new modification time), or the files copied elsewhere, are not new
+    write(corpus / "val.en", ["one", "two"])
+    copy = tmp_path / "copy"
+    shutil.copytree(corpus, copy)
+    copied = dataclasses.replace(cfg, path=str(copy))
+    assert data.load_split(copied, "val") == [("one", "eins"), ("two", "zwei")]
+    assert data.open_split(cfg, "val").identity == data.open_split(copied, "val").identity
+    assert len(list(cache.iterdir())) == 2
 
 
 @pytest.mark.parametrize("fields", [("", ""), ("2", "0")])
@@ -224,6 +236,24 @@ def test_get_tokenizer_trains_then_reuses_run_copy(tmp_path, multi30k):
     assert again.vocab_size == 500 and model.stat().st_mtime_ns == stamp
     copied = data.get_tokenizer(DataConfig(spm_model=str(model)), str(tmp_path / "other"))  # a given model is copied
     assert (tmp_path / "other" / "spm.model").read_bytes() == model.read_bytes() and copied.vocab_size == 500
+
+
+def test_a_vocabulary_trained_from_a_prepared_split_is_cached_by_its_content(tmp_path, corpus, caplog):
+    write(corpus / "train.en", [f"the {w} house number {i}" for i, w in enumerate(["red", "big", "old"] * 30)])
+    write(corpus / "train.de", [f"das {w} haus nummer {i}" for i, w in enumerate(["rote", "große", "alte"] * 30)])
+    cfg = dataclasses.replace(config(tmp_path), vocab_size=40)
+    first = data.get_tokenizer(cfg, str(tmp_path / "run1"), source=data.open_split(cfg, "train"))
+    with caplog.at_level("INFO", logger="jax_transformer.data.pipeline"):
+        second = data.get_tokenizer(cfg, str(tmp_path / "run2"))  # another run on the same data
+    assert "vocabulary from the cache" in caplog.text
+    assert (tmp_path / "run2" / "spm.model").read_bytes() == (tmp_path / "run1" / "spm.model").read_bytes()
+    assert second.vocab_size == first.vocab_size
+    caplog.clear()
+    with caplog.at_level("INFO", logger="jax_transformer.data.pipeline"):
+        data.get_tokenizer(dataclasses.replace(cfg, vocab_size=45), str(tmp_path / "run3"))  # other settings
+        write(corpus / "train.de", [f"das {w} haus nummer {i}" for i, w in enumerate(["rote", "große", "neue"] * 30)])
+        data.get_tokenizer(cfg, str(tmp_path / "run4"))  # other data
+    assert "vocabulary from the cache" not in caplog.text and caplog.text.count("training a") == 2
 
 
 def test_encode_pairs_appends_eos_and_counts_drops(multi30k):

@@ -195,6 +195,8 @@ def fit(task, *, crash_at_step: int | None = None) -> dict:
                     **task.train_metrics(total), "lr": float(metrics["lr"]), "grad_norm": float(metrics["grad_norm"]),
                     "tokens_per_s": real_tokens / max(elapsed, 1e-9), "epoch": task.batches.epoch,
                 }  # fmt: skip
+                if hasattr(task.batches, "padding_efficiency"):  # real tokens per batch slot
+                    last["real_token_share"] = float(task.batches.padding_efficiency)
                 log.write("train", step, last)
                 progress.set_postfix(
                     loss=f"{last['loss']:.3f}", lr=f"{last['lr']:.2e}", tok_s=f"{last['tokens_per_s']:.0f}"
