@@ -198,6 +198,7 @@ def hosts_mode(out: str, port: str, pid: int, corpus: str) -> None:
 def streaming_mode(out: str, mesh_cfg: MeshConfig, pid: int) -> None:
     """Packed rows streamed by both processes (each reads its own share): a run straight to step 6, and the same run
     killed after step 5 (its last checkpoint is step 4) and run again; and the pairs each process reads."""
+    from jax_transformer.data import pipeline as data_lib
     from jax_transformer.tasks.translation import TranslationData, train
     from jax_transformer.train.loop import TrainingInterrupted
 
@@ -212,13 +213,19 @@ def streaming_mode(out: str, mesh_cfg: MeshConfig, pid: int) -> None:
     except TrainingInterrupted:
         pass
     train(packed("stream_crashed"))
-    stream = TranslationData(packed("stream_straight")).batches
+    data = TranslationData(packed("stream_straight"))
+    stream = data.batches
     batches = [batch for _, batch in zip(range(30), stream, strict=False)]  # > 1 epoch of this process's share
     span = lambda b, side, r, k: tuple(b[side][r][b[f"{side[:3]}_segments"][r] == k].tolist())  # noqa: E731
     pairs = {(span(b, "src", r, k), span(b, "tgt_out", r, k))
              for b in batches for r in range(len(b["src"])) for k in range(1, b["src_segments"][r].max() + 1)}
+    # what this process should read: the pairs at indices pid, pid + 2, ... of the split that fit data.max_len
+    cfg = packed("stream_straight").data
+    text = data_lib.load_split(cfg, cfg.train_split)
+    encoded = data_lib.encode_examples(text[pid::2], data.tokenizer, cfg.max_len)
+    expected = {(tuple(s.tolist()), tuple(t.tolist())) for s, t in encoded.examples}
     result = {"data_shard": list(sharding.data_shard(mesh_cfg)), "rows": int(batches[0]["src"].shape[0]),
-              "share": stream.share, "pairs": sorted(pairs)}  # fmt: skip
+              "share": stream.share, "pairs": sorted(pairs), "expected": sorted(expected)}  # fmt: skip
     with open(os.path.join(out, f"stream{pid}.json"), "w") as f:
         json.dump(result, f)
 

@@ -25,6 +25,7 @@ from jax_transformer.config import (
     ConfigError,
     MeshConfig,
     TrainConfig,
+    UserError,
     apply_overrides,
     load_config_file,
     model_preset,
@@ -33,6 +34,7 @@ from jax_transformer.model.transformer import Transformer
 from jax_transformer.tasks.translation import train, translation_steps
 from jax_transformer.train import sharding
 from jax_transformer.train.checkpoint import Checkpointer
+from jax_transformer.train.loop import data_position, restore_data_position
 from jax_transformer.train.run_log import read_metrics
 from tests.multihost_worker import run_config
 from tests.test_train import _write_slice
@@ -132,6 +134,25 @@ def test_when_a_run_is_multi_process(monkeypatch):
     assert not sharding.distributed_requested(MeshConfig())
     monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "16")  # srun with 16 tasks
     assert sharding.distributed_requested(MeshConfig())
+
+
+def test_streamed_data_position_is_kept_per_process():
+    class Stream:  # a streaming input: each process reads its own share, so each has its own position
+        process_local, restored = True, None
+
+        def state(self):
+            return {"next": 7}
+
+        def restore(self, state):
+            self.restored = state
+
+    stream = Stream()
+    saved = data_position(stream)
+    assert saved == {"processes": [{"next": 7}]}  # one process here: its own position, as process 0's
+    restore_data_position(stream, {"processes": [{"next": 3}]})
+    assert stream.restored == {"next": 3}
+    with pytest.raises(UserError, match=r"written by 2 training process\(es\).*this run has 1; fix: resume with 2"):
+        restore_data_position(stream, {"processes": [{"next": 3}, {"next": 4}]})
 
 
 def test_padding_rows():
@@ -326,8 +347,11 @@ def test_two_processes_stream_disjoint_halves_and_resume_exactly(workers):
     for pid, r in enumerate(streams):
         assert r["data_shard"] == [pid, 2] and r["rows"] == 4 and r["share"] == 100  # half the rows, half the pairs
     halves = [{tuple(map(tuple, pair)) for pair in r["pairs"]} for r in streams]
-    assert len(halves[0]) == len(halves[1]) == 100  # each process read all of its share ...
-    assert halves[0].isdisjoint(halves[1])  # ... and nothing of the other's
+    expected = [{tuple(map(tuple, pair)) for pair in r["expected"]} for r in streams]
+    # each process read exactly the pairs at its indices (pid, pid + 2, ...) that fit data.max_len: all of its share
+    # (over one epoch of reads) and nothing of the other's
+    assert len(expected[0]) > 50 and len(expected[1]) > 50 and expected[0].isdisjoint(expected[1])
+    assert halves[0] == expected[0] and halves[1] == expected[1]
     a, b = _params(out / "stream_straight", 6), _params(out / "stream_crashed", 6)
     assert set(a) == set(b) and len(a) > 10
     for name in a:

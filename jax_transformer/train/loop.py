@@ -98,6 +98,28 @@ def record_resume(config, changes: list[str], step: int, log: RunLog) -> None:
     say(f"resume changes {', '.join(changes)}{note}; the previous config is kept as {os.path.basename(kept)}")
 
 
+def data_position(batches) -> dict:
+    """Where the training input continues from, for a checkpoint. A streaming input (`process_local`) has one position
+    per process (each reads its own share): all of them are gathered, and process 0 writes them with the checkpoint."""
+    if getattr(batches, "process_local", False):
+        return {"processes": sharding.allgather_json(batches.state())}
+    return batches.state()
+
+
+def restore_data_position(batches, saved: dict) -> None:
+    """Continue the training input from `data_position`'s record: each process from its own position."""
+    if "processes" in saved:
+        positions = saved["processes"]
+        if len(positions) != jax.process_count():
+            raise UserError(
+                f"the checkpoint was written by {len(positions)} training process(es) that each streamed their own "
+                f"share of the data, and this run has {jax.process_count()}; fix: resume with {len(positions)} "
+                "processes, or start a new run"
+            )
+        saved = positions[jax.process_index()]
+    batches.restore(saved)
+
+
 def _sigterm_as_interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -128,7 +150,7 @@ def fit(task, *, crash_at_step: int | None = None) -> dict:
     start = checkpoints.latest_step()
     if start is not None:  # onto this run's mesh, whatever mesh wrote it
         state, meta = checkpoints.restore(start, state)
-        task.batches.restore(meta["data"])
+        restore_data_position(task.batches, meta["data"])
         say(f"resuming {config.directory} from step {start}")
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state["params"]))
     say(f"{task.describe(num_params)}; run directory {config.directory}")
@@ -160,7 +182,7 @@ def fit(task, *, crash_at_step: int | None = None) -> dict:
 
     def save(evaluated=None):
         ranked = evaluated and tcfg.keep_best and tcfg.best_metric in evaluated  # orbax ranks by this to keep the best
-        meta = {"data": task.batches.state(), "step": step, "metrics": evaluated or {}}
+        meta = {"data": data_position(task.batches), "step": step, "metrics": evaluated or {}}
         checkpoints.save(step, state, meta, metrics={tcfg.best_metric: evaluated[tcfg.best_metric]} if ranked else None)
 
     previous_handler = signal.signal(signal.SIGTERM, _sigterm_as_interrupt) if main_thread() else None

@@ -17,6 +17,7 @@ the same command; `initialize_distributed` connects them, each process puts only
 devices (`put_batch`), and orbax writes each checkpoint once, cooperatively.
 """
 
+import json
 import os
 import re
 
@@ -106,6 +107,21 @@ def barrier(name: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
+
+
+def allgather_json(value) -> list:
+    """`value` (anything JSON-able) of every process, in process order; every process must call it. Used for what
+    each process keeps apart, such as its position in its own share of the training data."""
+    if jax.process_count() == 1:
+        return [value]
+    from jax.experimental import multihost_utils
+
+    data = np.frombuffer(json.dumps(value).encode(), np.uint8)
+    sizes = multihost_utils.process_allgather(np.array([len(data)], np.int32)).reshape(-1)
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[: len(data)] = data
+    rows = multihost_utils.process_allgather(padded)  # (processes, longest)
+    return [json.loads(bytes(row[:size])) for row, size in zip(rows, sizes, strict=True)]
 
 
 def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
