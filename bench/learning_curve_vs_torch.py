@@ -4,7 +4,7 @@
   python bench/learning_curve_vs_torch.py --steps 300 --dropout 0.1    # with residual/embedding dropout 0.1
 
 Both sides train the model of `--config` (default: the main Multi30k recipe) on the same Multi30k batches, in the same
-order, from the same tokenizer (this project's BatchIterator and sentencepiece) and the same initial weights: ours
+order, from the same tokenizer (this project's bucket stream and sentencepiece) and the same initial weights: ours
 through the engine's compiled `train_step` (what `train.py` uses), the reference a plain PyTorch loop around the
 `torch.nn.Transformer` of `bench/peers.py` (the config's norm placement and final norms, dropout sites and rates,
 shared and tied embeddings scaled by sqrt(d_model), our sinusoids; `tests/test_bench_peers.py` checks that it computes
@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 
-import common  # noqa: F401  (puts the repository root on sys.path)
+import common
 from peers import build_nn_transformer
 
 
@@ -46,6 +46,7 @@ def main(argv=None) -> int:
 
     from jax_transformer.config import load_config_file
     from jax_transformer.data import pipeline as data_lib
+    from jax_transformer.data.stream import BucketStream
     from jax_transformer.interop.torch_convert import to_state_dict
     from jax_transformer.model.transformer import Transformer
     from jax_transformer.tasks.translation import resolve_config, sum_metrics, translation_steps
@@ -62,7 +63,7 @@ def main(argv=None) -> int:
         print("this comparison mirrors sinusoidal ReLU models only", file=sys.stderr)
         return 2
     examples = data_lib.encode_examples(pairs, tokenizer, config.data.max_len).examples
-    batches = data_lib.BatchIterator(examples, config.data.max_tokens, config.data.length_bucket_step, seed=0)
+    batches = BucketStream(examples, config.data.max_tokens, config.data.length_bucket_step, seed=0)
     model = Transformer(config.model, rngs=nnx.Rngs(params=0, dropout=1))
     initial_weights = to_state_dict(model)  # before the JAX step donates them
     steps = translation_steps(config, model)

@@ -47,7 +47,7 @@ import math
 import os
 import sys
 
-import common  # first: puts the repository root on sys.path
+import common
 import numpy as np
 import train_throughput as tt
 

@@ -5,9 +5,9 @@ of the step time the pipeline takes, and how many batch slots are real tokens.
     python bench/pipeline.py --config configs/multi30k_de_en.py --steps 500 --skip-steps 150
 
 Two measurements on the recipe's own data, batching and model:
-1. the input pipeline alone: one epoch of `BatchIterator` batches (length buckets, shuffled, padded numpy arrays), or
-   with data.pack_length 300 batches of the streaming loader (read, tokenized and packed as they come, in threads),
-   plus the real-token count the training loop does per batch; milliseconds per batch;
+1. the input pipeline alone: batches of the streaming loader (read, tokenized and batched as they come, in threads:
+   an epoch of length-bucket batches, or with data.pack_length 300 batches of packed rows), plus the real-token count
+   the training loop does per batch; milliseconds per batch;
 2. the real training loop, `jax_transformer.tasks.translation.train` (the engine's loop) on a temporary run directory
    (no evaluation, one checkpoint at the end): real (non-pad) source + target tokens/s and seconds per update from its
    metrics.jsonl, over the log windows after --skip-steps (the first epoch compiles each batch shape once).
@@ -23,20 +23,17 @@ import sys
 import tempfile
 import time
 
-import common  # first: puts the repository root on sys.path
+import common
 
 from jax_transformer.config import UserError, load_config_file
 
 
-def pipeline_alone(data, pad_id: int, stream_batches: int = 300) -> dict:
-    """Milliseconds per batch for one epoch of batches (streamed packed rows: `stream_batches` of them, read, tokenized
-    and packed on the way), with the real-token count the trainer does."""
-    if hasattr(data.batches, "epoch_batches"):
-        source = data.batches.epoch_batches(0)
-    else:  # the streaming loader: the first batch starts its reading threads, then the timed ones
-        stream = iter(data.batches)
-        next(stream)
-        source = itertools.islice(stream, stream_batches)
+def pipeline_alone(data, pad_id: int, stream_batches: int) -> dict:
+    """Milliseconds per batch over `stream_batches` streamed batches (read, tokenized and batched on the way), with the
+    real-token count the trainer does."""
+    stream = iter(data.batches)
+    next(stream)  # the first batch starts the reading threads (and, for buckets, plans the first window); then time
+    source = itertools.islice(stream, stream_batches)
     started = time.perf_counter()
     batches = real = slots = 0
     for batch in source:
@@ -83,8 +80,8 @@ def main() -> int:
             os.makedirs(config.directory)
             data = TranslationData(config)
             pad_id = resolve_config(config, data.tokenizer).model.pad_id
-            alone = pipeline_alone(data, pad_id)
             stats = data.batches.stats()
+            alone = pipeline_alone(data, pad_id, stats.get("batches", 300))  # buckets: an epoch's batches
             started = time.time()
             train(config)
             wall = time.time() - started
@@ -94,7 +91,7 @@ def main() -> int:
         print(f"- recipe: {args.config} {' '.join(args.overrides)}".rstrip())
         batching = (f"data.pack_length={base.data.pack_length}" if base.data.pack_length
                     else f"data.length_bucket_step={base.data.length_bucket_step}")  # fmt: skip
-        layout = (f"{stats['examples']:,} training pairs, {stats['batches_per_epoch']:,} batches/epoch" if
+        layout = (f"{stats['examples']:,} training pairs, {stats['batches']:,} batches/epoch" if
                   "examples" in stats else f"{stats['share']:,} training pairs streamed")  # fmt: skip
         print(f"- {layout} in {stats['shapes']} shape(s) ({batching}, data.max_tokens={base.data.max_tokens:,}); "
               f"{args.steps} updates in {wall:.0f} s, the figures over the {loop['windows']} log windows after update "

@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 
-import common  # first: puts the repository root on sys.path
+import common
 import train_throughput as tt
 
 from jax_transformer.config import PRESETS, UserError, load_config_file

@@ -91,7 +91,6 @@ def main() -> int:
             make_corpus(corpus, args.pairs)
             size = sum(os.path.getsize(os.path.join(corpus, f)) for f in os.listdir(corpus)) / 2**20
             print(f"- made {args.pairs:,} synthetic pairs in {time.time() - started:.0f} s ({size:,.0f} MiB)")
-        sys.path.insert(0, common.REPO_ROOT)
         from jax_transformer.config import load_config_file
         from jax_transformer.data import pipeline
 

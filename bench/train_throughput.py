@@ -31,7 +31,7 @@ import dataclasses
 import os
 import sys
 
-import common  # first: puts the repository root on sys.path
+import common
 import numpy as np
 
 from jax_transformer.config import PRESETS, Config, ModelConfig, UserError, load_config_file

@@ -16,6 +16,7 @@ import tensorflow_datasets as tfds
 
 from jax_transformer.config import ConfigError, DataConfig, UserError
 from jax_transformer.data import pipeline as data
+from jax_transformer.data.stream import BucketStream
 from jax_transformer.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 
 MULTI30K = Path(__file__).resolve().parents[1] / "data" / "multi30k"
@@ -291,13 +292,16 @@ def example_ids(batches) -> list[int]:
 
 def test_batches_respect_budget_shapes_and_layout():
     examples = synthetic()
-    iterator = data.BatchIterator(examples, max_tokens=256, length_bucket_step=8, seed=1)
-    shapes = set()
-    for batch in iterator.epoch_batches(0):
+    stream = BucketStream(examples, max_tokens=256, length_bucket_step=8, seed=1)
+    stats = stream.stats()
+    shapes, batches = set(), take_epoch(stream)
+    assert len(batches) == stats["batches"] and stats["examples"] == len(examples)
+    for batch in batches:
         rows, src_len = batch["src"].shape
         tgt_len = batch["tgt_in"].shape[1]
         assert rows * max(src_len, tgt_len) <= 256 and src_len % 8 == 0 and tgt_len % 8 == 0
         assert all(a.dtype == np.int32 for a in batch.values()) and batch["tgt_out"].shape == (rows, tgt_len)
+        assert set(batch) == {"src", "tgt_in", "tgt_out"}
         shapes.add((rows, src_len, tgt_len))
         for src, tgt_in, tgt_out in zip(batch["src"], batch["tgt_in"], batch["tgt_out"], strict=True):
             if src[0] == PAD_ID:  # a padding row is all padding
@@ -308,70 +312,95 @@ def test_batches_respect_budget_shapes_and_layout():
             assert (tgt_out[: len(target)] == target).all() and not tgt_out[len(target) :].any()
             assert tgt_in[0] == BOS_ID and (tgt_in[1 : len(target)] == target[:-1]).all()
             assert not tgt_in[len(target) :].any()
-    assert shapes == set(iterator.shapes) and len(shapes) == iterator.stats()["shapes"]
-    assert 0.5 < iterator.padding_efficiency <= 1.0
+    assert len(shapes) == stats["shapes"]
+    assert stream.padding_efficiency == pytest.approx(stats["padding_efficiency"])  # measured as the batches come
+    assert 0.5 < stats["padding_efficiency"] <= 1.0
+
+
+def take_epoch(stream: BucketStream) -> list[dict]:
+    """The batches of the stream's next epoch (a split no larger than the window is one window per epoch)."""
+    iterator, start, batches = iter(stream), stream.examples_read, []
+    while stream.examples_read < start + stream.share:
+        batches.append(next(iterator))
+    assert stream.examples_read == start + stream.share  # the epoch ends with a batch
+    return batches
 
 
 def test_every_example_exactly_once_per_epoch():
     examples = synthetic()
-    iterator = data.BatchIterator(examples, max_tokens=300, length_bucket_step=4, seed=3)
-    for epoch in range(3):
-        batches = list(iterator.epoch_batches(epoch))
-        assert len(batches) == iterator.num_batches_per_epoch == len(iterator)
+    stream = BucketStream(examples, max_tokens=300, length_bucket_step=4, seed=3)
+    for number in range(3):
+        batches = take_epoch(stream)
+        assert stream.epoch == number + 1 and len(batches) == stream.stats()["batches"]
         assert sorted(example_ids(batches)) == list(range(len(examples)))
+
+
+def test_windows_smaller_than_the_split_cover_the_stream_in_order():
+    examples = synthetic(500)
+    stream = BucketStream(examples, max_tokens=300, length_bucket_step=4, seed=3, window=128)
+    iterator, seen = iter(stream), []
+    while stream.examples_read < 4 * 128:
+        seen += example_ids([next(iterator)])
+    # 4 windows of 128 pairs: all of epoch 0 (a permutation of the 500) and the first 12 of epoch 1, each window's
+    # batches given before the next window's
+    assert stream.examples_read == 512 and len(seen) == 512 and stream.epoch == 1
+    counts = collections.Counter(seen)
+    assert set(counts) == set(range(500)) and sorted(counts.values()).count(2) == 12
 
 
 def test_shuffling_is_deterministic_from_seed_and_epoch():
     examples = synthetic()
-    order = {
-        (seed, epoch): example_ids(data.BatchIterator(examples, 300, 4, seed=seed).epoch_batches(epoch))
-        for seed, epoch in [(0, 0), (0, 1), (1, 0)]
-    }
-    assert example_ids(data.BatchIterator(examples, 300, 4, seed=0).epoch_batches(1)) == order[(0, 1)]
-    assert order[(0, 0)] != order[(0, 1)] and order[(0, 0)] != order[(1, 0)]
-    unshuffled = example_ids(data.BatchIterator(examples, 300, 4, shuffle=False).epoch_batches(5))
-    assert unshuffled == example_ids(data.BatchIterator(examples, 300, 4, shuffle=False).epoch_batches(0))
+
+    def order(seed, epochs=2, shuffle=True):
+        stream = BucketStream(examples, 300, 4, seed=seed, shuffle=shuffle)
+        return [example_ids(take_epoch(stream)) for _ in range(epochs)]
+
+    first = order(0)
+    assert order(0) == first and first[0] != first[1] and order(1)[0] != first[0]
+    unshuffled = order(0, shuffle=False)
+    assert unshuffled[0] == unshuffled[1]
 
 
 @pytest.mark.parametrize("consumed", [0, 5, 50])  # start, mid-epoch, in the second epoch
 def test_resume_sees_exactly_the_remaining_batches(consumed):
     examples = synthetic(300)
-    first = data.BatchIterator(examples, max_tokens=300, length_bucket_step=4, seed=7)
-    assert first.num_batches_per_epoch < 50
+    first = BucketStream(examples, max_tokens=300, length_bucket_step=4, seed=7)
+    assert first.stats()["batches"] < 50
     stream = iter(first)
     for _ in range(consumed):
         next(stream)
     state = json.loads(json.dumps(first.state()))
     expected = [next(stream) for _ in range(30)]
-    resumed = data.BatchIterator(examples, max_tokens=300, length_bucket_step=4, seed=7)
+    resumed = BucketStream(examples, max_tokens=300, length_bucket_step=4, seed=7)
     resumed.restore(state)
+    assert resumed.epoch == (consumed >= first.stats()["batches"])
     for want, got in zip(expected, iter(resumed), strict=False):
         assert want.keys() == got.keys() and all((want[k] == got[k]).all() for k in want)
 
 
 def test_restore_refuses_different_data_or_settings():
-    state = data.BatchIterator(synthetic(300), max_tokens=300, seed=7).state()
+    stream = BucketStream(synthetic(300), max_tokens=300, seed=7)
+    next(iter(stream))
+    state = stream.state()
     with pytest.raises(UserError, match=r"differ from the run being resumed.*fix:"):
-        data.BatchIterator(synthetic(300), max_tokens=400, seed=7).restore(state)
-    other = data.BatchIterator(synthetic(299), max_tokens=300, seed=7)
-    other.restore(state, strict=False)
-    assert other.state()["index"] == state["index"]
+        BucketStream(synthetic(300), max_tokens=400, seed=7).restore(state)
+    with pytest.raises(UserError, match=r"differ from the run being resumed.*fix:"):
+        BucketStream(synthetic(299), max_tokens=300, seed=7).restore(state)
 
 
 def test_bucketing_options_trade_shapes_for_padding():
     examples = synthetic(2000)
-    loose = data.BatchIterator(examples, 512, 4, min_bucket_batches=1)
-    merged = data.BatchIterator(examples, 512, 4, min_bucket_batches=3)
-    assert len(merged.shapes) < len(loose.shapes)
-    for batch in data.BatchIterator(examples, 512, 4, batch_multiple=8).epoch_batches(0):
+    loose = BucketStream(examples, 512, 4, min_bucket_batches=1).stats()
+    merged = BucketStream(examples, 512, 4, min_bucket_batches=3).stats()
+    assert merged["shapes"] < loose["shapes"] and merged["padding_efficiency"] < loose["padding_efficiency"]
+    for batch in take_epoch(BucketStream(examples, 512, 4, batch_multiple=8)):
         assert batch["src"].shape[0] % 8 == 0
 
 
 def test_multi30k_padding_efficiency_and_shape_count(multi30k):
     pairs, tokenizer = multi30k
     examples, _ = data.encode_pairs(pairs, tokenizer, max_len=128)
-    iterator = data.BatchIterator(examples, max_tokens=4096, length_bucket_step=4)
-    stats = iterator.stats()
+    stats = BucketStream(examples, max_tokens=4096, length_bucket_step=4).stats()
     assert stats["padding_efficiency"] > 0.8 and stats["shapes"] <= 30, stats
 
 

@@ -113,7 +113,7 @@ def test_a_restored_stream_continues_exactly():
     for x, y in zip(expected, take(b, 25), strict=True):
         for name in x:
             np.testing.assert_array_equal(x[name], y[name])
-    assert b.examples_packed == a.examples_packed  # and it counts the epochs on
+    assert b.examples_read == a.examples_read  # and it counts the epochs on
     # another seed, data or layout cannot continue it
     for other in (dict(seed=6), dict(pack_length=48), dict(process_count=2)):
         settings = dict(max_tokens=512, pack_length=64, seed=5) | other

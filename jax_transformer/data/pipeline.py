@@ -1,17 +1,19 @@
-"""Training input pipeline: TFDS source -> sentencepiece ids -> token-budget batches (§5.1).
+"""Input pipeline: TFDS sources, the vocabulary, tokenization, and the evaluation batches (§5.1).
 
 Every corpus is read through TFDS, without TensorFlow: local files (plain or gzipped text, one sentence per line, or
 TSV / JSONL, read and validated by `readers.py`) are prepared once by `LocalParallelText` into array_record files in
 a cache folder, keyed by their content, and opened with `as_data_source()` (random access, no tf.data); catalog
 datasets such as 'wmt14_translate/de-en' are opened the same way from TFDS_DATA_DIR. `open_split` gives that random
-access (`SplitSource`), which the streaming loader (`stream.py`, packed rows) reads by index; `load_split` reads a
-split into memory (evaluation sets, and training pairs for length buckets). Bad input (missing files, misaligned or
+access (`SplitSource`), which the streaming training input (`stream.py`: packed rows or length buckets) reads by
+index; `load_split` reads a split into memory (evaluation sets). Bad input (missing files, misaligned or
 empty lines, invalid UTF-8, absurdly long lines) raises a one-line `UserError` naming the file, the line and the fix.
 
 Batching follows §5.1: "Sentence pairs were batched together by approximate sequence length. Each training batch
 contained a set of sentence pairs containing approximately 25000 source tokens and 25000 target tokens." Here the
 budget is `max_tokens` per side. Because `jit` compiles once per input shape, padded lengths are rounded up to a
-multiple of `length_bucket_step` and each (source length, target length) bucket has a fixed row count.
+multiple of `length_bucket_step` and each (source length, target length) bucket has a fixed row count
+(`batching.py`); evaluation batches (`eval_batches`) are planned that way over the whole set, training batches over
+windows of the stream (`stream.BucketStream`).
 """
 
 import contextlib
@@ -27,9 +29,10 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jax_transformer.config import DataConfig, UserError
-from jax_transformer.data.batching import Bucket, assign_batches, plan_buckets
+from jax_transformer.data.batching import assign_batches, plan_buckets
 from jax_transformer.data.readers import MAX_LINE_CHARS, read_local_pairs, record_field, split_files  # noqa: F401
-from jax_transformer.data.tokenizer import BOS_ID, PAD_ID, Tokenizer, train_tokenizer
+from jax_transformer.data.stream import example_lengths, make_batch, pair_features
+from jax_transformer.data.tokenizer import Tokenizer, train_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -335,8 +338,6 @@ def pair_encoder(tokenizer: Tokenizer, max_len: int, max_source_len: int = 0):
     """What the streaming loader maps over a SplitSource: a (source, target) text pair -> the pair's training
     sequences (`stream.pair_features`), or None when it is to be left out (a side longer than `max_len` tokens, EOS
     included, after cutting the source to `max_source_len`; or an empty side). The same rule as `encode_examples`."""
-    from jax_transformer.data.stream import pair_features
-
     eos = tokenizer.eos_id
 
     def encode(pair):
@@ -356,130 +357,6 @@ def pair_encoder(tokenizer: Tokenizer, max_len: int, max_source_len: int = 0):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _make_batch(examples: Sequence[Example], indices: np.ndarray, bucket: Bucket) -> dict[str, np.ndarray]:
-    """src (rows, S); tgt_in = BOS + target (rows, T), the decoder input; tgt_out = target + EOS (rows, T), the
-    labels. Padding is PAD_ID (0); the model derives its padding masks from it."""
-    src = np.full((len(indices), bucket.src_len), PAD_ID, np.int32)
-    tgt_in = np.full((len(indices), bucket.tgt_len), PAD_ID, np.int32)
-    tgt_out = np.full((len(indices), bucket.tgt_len), PAD_ID, np.int32)
-    for row, i in enumerate(indices):
-        if i >= 0:
-            source, target = examples[i]
-            src[row, : len(source)] = source
-            if target is not None:
-                tgt_out[row, : len(target)] = target
-                tgt_in[row, 0] = BOS_ID
-                tgt_in[row, 1 : len(target)] = target[:-1]
-    return {"src": src} if bucket.tgt_len == 0 else {"src": src, "tgt_in": tgt_in, "tgt_out": tgt_out}
-
-
-def _lengths(examples: Sequence[Example]) -> np.ndarray:
-    return np.array([(len(s), 0 if t is None else len(t)) for s, t in examples], np.int64).reshape(-1, 2)
-
-
-class BatchIterator:
-    """Training batches of length buckets within a token budget (§5.1), reshuffled every epoch, resumable at any
-    batch. (Packed rows stream instead: `stream.PackedStream`.)
-
-    Each batch has `rows` sentence pairs with rows * max(S, T) <= max_tokens. Within a length bucket the examples are
-    shuffled from (seed, epoch) before being cut into batches, then the order of all batches is shuffled from
-    (seed, epoch) too. So batches differ from epoch to epoch, but the same seed and epoch always give the same batches,
-    which is what makes `state()` + `restore()` an exact resume.
-
-    Iterating never ends: it runs through epoch after epoch, starting where `state()` says; `epoch_batches(epoch)`
-    gives one epoch without touching the position.
-    """
-
-    def __init__(
-        self,
-        examples: Sequence[Example],
-        max_tokens: int,
-        length_bucket_step: int = 4,
-        seed: int = 0,
-        shuffle: bool = True,
-        min_bucket_batches: int = 2,
-        batch_multiple: int = 1,
-    ):
-        if not examples:
-            raise UserError("no training examples left to batch; fix: check the data, or raise data.max_len")
-        self.examples, self.seed, self.shuffle = examples, seed, shuffle
-        self._lengths = lengths = _lengths(examples)
-        self._cached: tuple[int, list] | None = None
-        self._buckets = plan_buckets(lengths, max_tokens, length_bucket_step, min_bucket_batches, batch_multiple)
-        slots = sum(b.num_batches * b.rows * (b.src_len + b.tgt_len) for b in self._buckets)
-        self.padding_efficiency = float(lengths.sum() / slots)  # real tokens / padded slots, source + target
-        settings = [max_tokens, length_bucket_step, seed, shuffle, min_bucket_batches, batch_multiple]
-        digest = hashlib.sha256(json.dumps(settings).encode() + lengths.tobytes())
-        self.fingerprint = digest.hexdigest()[:16]
-        self.epoch, self.index = 0, 0
-
-    @property
-    def num_batches_per_epoch(self) -> int:
-        return sum(b.num_batches for b in self._buckets)
-
-    def __len__(self) -> int:
-        return self.num_batches_per_epoch
-
-    @property
-    def shapes(self) -> list[tuple[int, int, int]]:
-        """The distinct (rows, S, T) batch shapes: one jit compilation each."""
-        return sorted({(b.rows, b.src_len, b.tgt_len) for b in self._buckets if b.num_batches})
-
-    def stats(self) -> dict:
-        return {
-            "examples": len(self.examples),
-            "batches_per_epoch": self.num_batches_per_epoch,
-            "shapes": len(self.shapes),
-            "padding_efficiency": round(self.padding_efficiency, 4),
-        }
-
-    def _epoch_plan(self, epoch: int) -> list[tuple[int, np.ndarray]]:
-        """(bucket, example indices) of every batch of `epoch`."""
-        if self._cached is None or self._cached[0] != epoch:
-            rng = np.random.default_rng([self.seed % 2**32, epoch]) if self.shuffle else None  # seeds must be >= 0
-            plan = assign_batches(self._buckets, rng)
-            if rng is not None:
-                plan = [plan[i] for i in rng.permutation(len(plan))]
-            self._cached = (epoch, plan)
-        return self._cached[1]
-
-    def _batch(self, position: int, indices: np.ndarray) -> dict[str, np.ndarray]:
-        return _make_batch(self.examples, indices, self._buckets[position])
-
-    def epoch_batches(self, epoch: int, start: int = 0) -> Iterator[dict[str, np.ndarray]]:
-        """The batches of `epoch` from batch `start` on, in order (the same every time)."""
-        for position, indices in self._epoch_plan(epoch)[start:]:
-            yield self._batch(position, indices)
-
-    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        while True:
-            plan = self._epoch_plan(self.epoch)
-            while self.index < len(plan):
-                position, indices = plan[self.index]
-                self.index += 1
-                yield self._batch(position, indices)
-            self.epoch, self.index = self.epoch + 1, 0
-
-    def state(self) -> dict:
-        """Where the next batch comes from, as a small JSON-able dict. With a prefetching consumer, save the state
-        taken when the last *consumed* batch was produced, not the iterator's latest."""
-        return {"epoch": self.epoch, "index": self.index, "fingerprint": self.fingerprint}
-
-    def restore(self, state: dict, strict: bool = True) -> None:
-        """Continue from `state()`. Different data or batching settings would not reproduce the interrupted run's
-        batches: that is a UserError unless strict=False (then the position is kept but the batches differ)."""
-        if state.get("fingerprint") != self.fingerprint:
-            message = (
-                "the training data or batching settings (max_tokens, length_bucket_step, seed, ...) differ from the "
-                "run being resumed, so its batch sequence cannot be continued exactly"
-            )
-            if strict:
-                raise UserError(f"{message}; fix: resume with the original data and config, or start a new run")
-            log.warning(message)
-        self.epoch = int(state["epoch"])
-        self.index = min(int(state["index"]), len(self._epoch_plan(self.epoch)))
-
-
 def eval_batches(
     examples: Sequence[Example],
     max_tokens: int,
@@ -492,6 +369,7 @@ def eval_batches(
     just 'src'. Nothing is dropped, whatever its length."""
     if not examples:
         return
-    buckets = plan_buckets(_lengths(examples), max_tokens, length_bucket_step, min_bucket_batches, batch_multiple)
+    lengths = example_lengths(examples)
+    buckets = plan_buckets(lengths, max_tokens, length_bucket_step, min_bucket_batches, batch_multiple)
     for position, indices in assign_batches(buckets, rng=None):
-        yield _make_batch(examples, indices, buckets[position]), indices
+        yield make_batch(examples, indices, buckets[position]), indices

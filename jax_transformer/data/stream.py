@@ -1,12 +1,15 @@
 """Streaming training input with grain: random-access source -> this process's share -> shuffled epochs -> tokenized
-pairs -> packed rows -> batches, resumable at any batch.
+pairs -> batches (packed rows, or length buckets within a token budget), resumable at any batch.
 
 The corpus is never read into memory. A source is anything with `len()` and `[i]` (the TFDS array_record data source
 of a prepared split: `pipeline.open_split`; or a list, in tests): grain reads it by index, so start-up costs nothing
-per example and memory is bounded by the batch, not the corpus.
+per example and memory is bounded by the batch (packing) or the window (buckets), not the corpus.
 
     source[i::count]         this process's share (`process_index` of `process_count` data shards): disjoint slices
     .shuffle(seed).repeat()  epoch e is a fresh permutation of the share (grain's index shuffle, seed + e), endlessly
+
+Packed rows (`PackedStream`, `data.pack_length`):
+
     .batch(64).map(encode)   64 pairs per read (batched reads cost a third of single ones); text -> ids (source + EOS,
                              BOS + target, target + EOS), dropping pairs longer than max_len
     .to_iter_dataset()       read ahead in a thread, in order; then one pair at a time again (FlatMapIterDataset)
@@ -14,8 +17,17 @@ per example and memory is bounded by the batch, not the corpus.
                              tightest among `PACKING_BINS` open rows), with segment ids and positions per pair
     .batch(rows)             `rows` packed rows per batch: one shape for the whole run, made in a prefetch thread
 
-Every stage is grain's, and grain's iterator state (the next index, the open packing rows) is what `state()` saves in
-every checkpoint and `restore()` sets again: a resumed run reads exactly the batches the interrupted one would have.
+Length buckets (`BucketStream`, §5.1):
+
+    .batch(window)           windows of `BUCKET_WINDOW` pairs (a whole epoch when the share has no more: Multi30k),
+                             read ahead in a thread
+    .map_with_index(plan)    a window's pairs tokenized and planned into batches by the one bucketing rule
+                             (`batching.plan_buckets` / `assign_batches`), in an order shuffled from (seed, window)
+    FlatMapIterDataset       one batch at a time, made in a prefetch thread
+
+Every stage is grain's, and grain's iterator state (the next index, the open packing rows, the batch within the
+window) is what `state()` saves in every checkpoint and `restore()` sets again: a resumed run reads exactly the
+batches the interrupted one would have.
 """
 
 import atexit
@@ -28,12 +40,15 @@ import grain
 import numpy as np
 
 from jax_transformer.config import UserError
-from jax_transformer.data.batching import rows_within_budget
+from jax_transformer.data.batching import Bucket, assign_batches, plan_buckets, rows_within_budget
 from jax_transformer.data.tokenizer import BOS_ID, PAD_ID
 
 # Open rows of the packer: 256 rows of 64 tokens fill Multi30k's rows to 93.2% real tokens (128: 92.9%, 64: 92.3%).
 PACKING_BINS = 256
 READ_CHUNK = 64  # examples read from the source at once: a batched read costs ~1/3 of single reads per example
+# Pairs planned into length buckets at once: bucketing needs many pairs of each length to fill batches with little
+# padding (Multi30k's 29,000 pairs in one window: 90.6% real tokens at 3-token steps), and memory holds two windows.
+BUCKET_WINDOW = 65536
 PACKED_KEYS = ("src", "tgt_in", "tgt_out", "src_segments", "tgt_segments", "src_positions", "tgt_positions")
 
 
@@ -49,6 +64,13 @@ class _Unchunk(grain.experimental.FlatMapTransform):
 
     def flat_map(self, chunk):
         return chunk
+
+
+class _WindowBatches(grain.experimental.FlatMapTransform):
+    max_fan_out = BUCKET_WINDOW  # a window's batches (at least one pair each)
+
+    def flat_map(self, batches):
+        return batches
 
 
 def _packed(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -81,7 +103,94 @@ def process_rows_share(rows: int, shard_count: int) -> int:
     return rows // shard_count
 
 
-class PackedStream:
+class _Stream:
+    """What the two streams share: endless batches from a grain pipeline (`self._dataset`), the examples consumed so
+    far (for the epoch count), the real-token share, and a state that a checkpoint saves and `restore` sets again.
+    `settings` (with the data's `identity`) make the fingerprint that a restored state must match."""
+
+    process_local = False
+
+    def _start(self, dataset: grain.IterDataset, share: int, settings: list, prefetch: int) -> None:
+        # Batches are made in a thread ahead of the training step (which releases the GIL while it computes).
+        self._dataset = grain.experimental.ThreadPrefetchIterDataset(dataset, prefetch_buffer_size=prefetch)
+        self._iterator = None
+        self.share = share  # examples read per epoch (this process's share, or the whole split)
+        self.fingerprint = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:16]
+        self.examples_read = 0
+        self._real = self._slots = 0  # real tokens and slots (source + target) of the batches so far
+
+    @property
+    def padding_efficiency(self) -> float:
+        """Real tokens / padded slots (source + target) of the batches this stream has given so far."""
+        return self._real / max(self._slots, 1)
+
+    @property
+    def epoch(self) -> int:
+        return self.examples_read // self.share
+
+    def _stream(self):
+        if self._iterator is None:
+            self._iterator = iter(self._dataset)
+            # stop the prefetch thread (and drop it) before the interpreter tears down the modules it uses
+            atexit.register(_close, weakref.ref(self))
+        return self._iterator
+
+    def close(self) -> None:
+        """Stop reading ahead (also done at exit)."""
+        if self._iterator is not None:
+            self._iterator.close()
+            # grain closes again from __del__, which at interpreter exit finds its module globals gone: once is enough
+            self._iterator.close = lambda: None
+            self._iterator = None
+
+    def _count(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Count a batch's examples and tokens; returns the batch as the model takes it."""
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        stream = self._stream()
+        while True:
+            yield self._count(next(stream))
+
+    def state(self) -> dict:
+        """Where the next batch comes from (grain's iterator state and the examples read), JSON-able."""
+        return {"grain": self._stream().get_state(), "examples": self.examples_read, "fingerprint": self.fingerprint}
+
+    def restore(self, state: dict, strict: bool = True) -> None:
+        """Continue from `state()`; a state of other data or settings is a UserError (strict) or starts over."""
+        if state.get("fingerprint") != self.fingerprint or "grain" not in state:
+            message = (
+                "the training data or batching settings (max_tokens, pack_length or length_bucket_step, seed, "
+                "processes, ...) differ from the run being resumed, so its batch sequence cannot be continued exactly"
+            )
+            if strict:
+                raise UserError(f"{message}; fix: resume with the original data, config and processes, or start a "
+                                "new run")  # fmt: skip
+            return
+        self._stream().set_state(state["grain"])
+        self.examples_read = int(state["examples"])
+
+
+def _share(source: Sequence, seed: int, shuffle: bool, process_index: int, process_count: int) -> grain.MapDataset:
+    """This process's share of `source`, in a fresh order every epoch, endlessly."""
+    if len(source) == 0:
+        raise UserError("no training examples to stream; fix: check the data")
+    if len(source) < process_count:
+        raise UserError(f"{len(source)} training examples cannot be shared by {process_count} processes")
+    dataset = grain.MapDataset.source(source)[process_index::process_count]
+    return dataset.shuffle(seed=seed % 2**32) if shuffle else dataset
+
+
+def _identity(source: Sequence, identity: str) -> str:
+    """The data's name in a fingerprint: a prepared split's content digest, or a list of examples' lengths."""
+    return identity or hashlib.sha256(np.array([len(s) + 1000 * len(t) for s, t in source]).tobytes()).hexdigest()
+
+
+def _default_encode(example):
+    return pair_features(*example)  # (source ids, target ids), both ending in EOS
+
+
+class PackedStream(_Stream):
     """Endless batches of packed training pairs streamed from `source` (see the module docstring).
 
     `encode(record)` turns a source record into `pair_features(...)` or None (dropped: too long, empty); a list of
@@ -109,19 +218,12 @@ class PackedStream:
         read_threads: int = 1,
         prefetch: int = 2,
     ):
-        if len(source) == 0:
-            raise UserError("no training examples to stream; fix: check the data")
-        if len(source) < process_count:
-            raise UserError(f"{len(source)} training examples cannot be shared by {process_count} processes")
-        if encode is None:
-            encode = lambda example: pair_features(*example)  # noqa: E731  (source, target) ids, both with EOS
+        encode = encode or _default_encode
+        dataset = _share(source, seed, shuffle, process_index, process_count)
+        share = len(dataset)
         self.pack_length, self.data_shards = pack_length, process_count
         self.global_rows = rows_within_budget(max_tokens, pack_length, batch_multiple)
         self.rows_per_batch = process_rows_share(self.global_rows, process_count)
-        dataset = grain.MapDataset.source(source)[process_index::process_count]
-        self.share = len(dataset)  # examples this process reads per epoch
-        if shuffle:
-            dataset = dataset.shuffle(seed=seed % 2**32)
         # read and tokenize READ_CHUNK examples at a time (one batched read), then hand them on one by one
         encoded = lambda chunk: [features for features in map(encode, chunk) if features is not None]  # noqa: E731
         dataset = dataset.repeat().batch(READ_CHUNK, batch_fn=list).map(encoded)
@@ -129,74 +231,140 @@ class PackedStream:
         examples = grain.experimental.FlatMapIterDataset(dataset.to_iter_dataset(options), _Unchunk())
         stream = _pack(examples, pack_length)
         stream = stream.batch(self.rows_per_batch, drop_remainder=True).map(_packed)
-        # Packing and batching run in a thread ahead of the training step (which releases the GIL while it computes).
-        self._dataset = grain.experimental.ThreadPrefetchIterDataset(stream, prefetch_buffer_size=prefetch)
-        self._iterator = None
-        if not identity:  # a list of examples: its lengths name it
-            identity = hashlib.sha256(np.array([len(s) + 1000 * len(t) for s, t in source]).tobytes()).hexdigest()
-        settings = [identity, max_tokens, pack_length, seed, shuffle, process_index, process_count, batch_multiple,
-                    PACKING_BINS]  # fmt: skip
-        self.fingerprint = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:16]
-        self.examples_packed = 0
-        self._real = self._slots = 0  # real tokens and slots (source + target) of the batches so far
-
-    @property
-    def padding_efficiency(self) -> float:
-        """Real tokens / padded slots (source + target) of the batches this stream has given so far."""
-        return self._real / max(self._slots, 1)
-
-    @property
-    def epoch(self) -> int:
-        return self.examples_packed // self.share
+        settings = [_identity(source, identity), max_tokens, pack_length, seed, shuffle, process_index, process_count,
+                    batch_multiple, PACKING_BINS]  # fmt: skip
+        self._start(stream, share, settings, prefetch)
 
     @property
     def shapes(self) -> list[tuple[int, int, int]]:
         return [(self.rows_per_batch, self.pack_length, self.pack_length)]
 
-    def _stream(self):
-        if self._iterator is None:
-            self._iterator = iter(self._dataset)
-            # stop the prefetch thread (and drop it) before the interpreter tears down the modules it uses
-            atexit.register(_close, weakref.ref(self))
-        return self._iterator
-
-    def close(self) -> None:
-        """Stop reading ahead (also done at exit)."""
-        if self._iterator is not None:
-            self._iterator.close()
-            # grain closes again from __del__, which at interpreter exit finds its module globals gone: once is enough
-            self._iterator.close = lambda: None
-            self._iterator = None
-
-    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        stream = self._stream()
-        while True:
-            batch = next(stream)
-            self.examples_packed += int(batch["src_segments"].max(axis=1).sum())
-            self._real += int((batch["src_segments"] > 0).sum() + (batch["tgt_segments"] > 0).sum())
-            self._slots += 2 * batch["src"].size
-            yield batch
-
-    def state(self) -> dict:
-        """Where the next batch comes from (grain's iterator state and the examples packed), JSON-able."""
-        return {"grain": self._stream().get_state(), "examples": self.examples_packed, "fingerprint": self.fingerprint}
-
-    def restore(self, state: dict, strict: bool = True) -> None:
-        """Continue from `state()`; a state of other data or settings is a UserError (strict) or starts over."""
-        if state.get("fingerprint") != self.fingerprint or "grain" not in state:
-            message = (
-                "the training data or batching settings (max_tokens, pack_length, seed, processes, ...) differ from "
-                "the run being resumed, so its batch sequence cannot be continued exactly"
-            )
-            if strict:
-                raise UserError(f"{message}; fix: resume with the original data, config and processes, or start a "
-                                "new run")  # fmt: skip
-            return
-        self._stream().set_state(state["grain"])
-        self.examples_packed = int(state["examples"])
+    def _count(self, batch):
+        self.examples_read += int(batch["src_segments"].max(axis=1).sum())
+        self._real += int((batch["src_segments"] > 0).sum() + (batch["tgt_segments"] > 0).sum())
+        self._slots += 2 * batch["src"].size
+        return batch
 
     def stats(self) -> dict:
         return {"shapes": 1, "rows_per_batch": self.rows_per_batch, "share": self.share}
+
+
+class BucketStream(_Stream):
+    """Endless token-budget batches of length-bucketed pairs (§5.1) streamed from `source` (see the module
+    docstring): each window of `window` pairs is planned by `batching.plan_buckets` (padded lengths multiples of
+    `length_bucket_step`, rows * max(S, T) <= max_tokens, buckets of fewer than `min_bucket_batches` batches merged
+    into longer ones) and its batches given in an order shuffled from (seed, window).
+
+    Every process builds the same global batches (the engine puts each process's rows on its devices), so a run
+    resumes on any number of processes; it reads the whole split, a window at a time (packed rows read a share per
+    process). `encode` and `identity` as for `PackedStream`.
+    """
+
+    def __init__(
+        self,
+        source: Sequence,
+        max_tokens: int,
+        length_bucket_step: int = 4,
+        *,
+        encode: Callable | None = None,
+        seed: int = 0,
+        shuffle: bool = True,
+        min_bucket_batches: int = 2,
+        batch_multiple: int = 1,
+        identity: str = "",
+        window: int = BUCKET_WINDOW,
+        prefetch: int = 2,
+    ):
+        encode = encode or _default_encode
+        dataset = _share(source, seed, shuffle, 0, 1)
+        self.window = min(window, len(source))  # the whole split when it is smaller: one window per epoch
+        bucketing = (max_tokens, length_bucket_step, min_bucket_batches, batch_multiple)
+
+        def plan(index: int, records: list) -> list[dict[str, np.ndarray]]:
+            examples = [(f["src"], f["tgt_out"]) for f in map(encode, records) if f is not None]
+            rng = np.random.default_rng([seed % 2**32, index]) if shuffle else None
+            batches = window_batches(examples, *bucketing, rng)
+            if batches:  # the pairs left out (too long) count as read, with the window's first batch
+                batches[0]["_read"] += len(records) - len(examples)
+            return batches
+
+        windows = dataset.repeat().batch(self.window, batch_fn=list).map_with_index(plan)
+        options = grain.ReadOptions(num_threads=1, prefetch_buffer_size=1)  # the next window is made while training
+        stream = grain.experimental.FlatMapIterDataset(windows.to_iter_dataset(options), _WindowBatches())
+        settings = [_identity(source, identity), max_tokens, length_bucket_step, seed, shuffle, min_bucket_batches,
+                    batch_multiple, self.window]  # fmt: skip
+        self._start(stream, len(source), settings, prefetch)
+        self._bucketing, self._encode, self._source = bucketing, encode, source
+
+    def _count(self, batch):
+        self.examples_read += int(batch.pop("_read"))
+        self._real += int((batch["src"] > 0).sum() + (batch["tgt_out"] > 0).sum())
+        self._slots += batch["src"].size + batch["tgt_out"].size
+        return batch
+
+    def stats(self) -> dict:
+        """The first window's plan (every window of a split that fits in one: every epoch): its pairs, batches,
+        distinct shapes (one compilation each) and share of real tokens. Reads and tokenizes that window once."""
+        records = self._source.__getitems__(range(self.window)) if hasattr(self._source, "__getitems__") else [
+            self._source[i] for i in range(self.window)]  # fmt: skip
+        examples = [(f["src"], f["tgt_out"]) for f in map(self._encode, records) if f is not None]
+        buckets = plan_buckets(example_lengths(examples), *self._bucketing)
+        slots = sum(b.num_batches * b.rows * (b.src_len + b.tgt_len) for b in buckets)
+        return {
+            "window": self.window,
+            "examples": len(examples),
+            "batches": sum(b.num_batches for b in buckets),
+            "shapes": len({(b.rows, b.src_len, b.tgt_len) for b in buckets if b.num_batches}),
+            "padding_efficiency": float(example_lengths(examples).sum() / max(slots, 1)),
+        }
+
+
+def example_lengths(examples: Sequence[tuple[np.ndarray, np.ndarray | None]]) -> np.ndarray:
+    """(n, 2) source and target lengths (target 0 for source-only examples)."""
+    return np.array([(len(s), 0 if t is None else len(t)) for s, t in examples], np.int64).reshape(-1, 2)
+
+
+def window_batches(
+    examples: Sequence[tuple[np.ndarray, np.ndarray]],
+    max_tokens: int,
+    length_bucket_step: int,
+    min_bucket_batches: int,
+    batch_multiple: int,
+    rng: np.random.Generator | None,
+) -> list[dict[str, np.ndarray]]:
+    """Every batch of one window of training pairs, in a shuffled order when `rng` is given, each with `_read`: the
+    pairs it holds."""
+    if not examples:
+        return []
+    lengths = example_lengths(examples)
+    buckets = plan_buckets(lengths, max_tokens, length_bucket_step, min_bucket_batches, batch_multiple)
+    plan = assign_batches(buckets, rng)
+    if rng is not None:
+        plan = [plan[i] for i in rng.permutation(len(plan))]
+    batches = []
+    for position, indices in plan:
+        batch = make_batch(examples, indices, buckets[position])
+        batch["_read"] = int((indices >= 0).sum())
+        batches.append(batch)
+    return batches
+
+
+def make_batch(examples: Sequence, indices: np.ndarray, bucket: Bucket) -> dict[str, np.ndarray]:
+    """src (rows, S); tgt_in = BOS + target (rows, T), the decoder input; tgt_out = target + EOS (rows, T), the
+    labels; rows of index -1 are padding. Padding is PAD_ID (0); the model derives its padding masks from it.
+    Examples are (source ids + EOS, target ids + EOS or None): without targets the batch holds just 'src'."""
+    src = np.full((len(indices), bucket.src_len), PAD_ID, np.int32)
+    tgt_in = np.full((len(indices), bucket.tgt_len), PAD_ID, np.int32)
+    tgt_out = np.full((len(indices), bucket.tgt_len), PAD_ID, np.int32)
+    for row, i in enumerate(indices):
+        if i >= 0:
+            source, target = examples[i]
+            src[row, : len(source)] = source
+            if target is not None:
+                tgt_out[row, : len(target)] = target
+                tgt_in[row, 0] = BOS_ID
+                tgt_in[row, 1 : len(target)] = target[:-1]
+    return {"src": src} if bucket.tgt_len == 0 else {"src": src, "tgt_in": tgt_in, "tgt_out": tgt_out}
 
 
 def _close(stream_ref) -> None:

@@ -17,7 +17,7 @@ from flax import nnx
 
 from jax_transformer.config import Config
 from jax_transformer.data import pipeline as data_lib
-from jax_transformer.data.stream import PackedStream, packed_eval_batches
+from jax_transformer.data.stream import BucketStream, PackedStream, packed_eval_batches
 from jax_transformer.decode.translator import Translator
 from jax_transformer.metrics import bleu, lc_tok_bleu, rouge
 from jax_transformer.model.transformer import Transformer
@@ -76,56 +76,38 @@ def translation_steps(config: Config, model: Transformer, mesh=None) -> Steps:
 class TranslationData:
     """The run's tokenizer, training batches and evaluation sets.
 
-    With packed rows (`data.pack_length`) the training pairs stream from the prepared split (`data/stream.py`): nothing
-    is read up front, each process reads its own share. With length buckets they are read into memory, since the
-    bucket plan needs every pair's length before the first batch."""
+    The training pairs stream from the prepared split (`data/stream.py`), tokenized as they come: packed rows
+    (`data.pack_length`), each process reading its own share; or length buckets, planned a window of pairs at a
+    time."""
 
     def __init__(self, config: Config):
         cfg = config.data
         started = time.time()
         train = data_lib.open_split(cfg, cfg.train_split)
         self.tokenizer = data_lib.get_tokenizer(cfg, config.directory, source=train)
+        encode = data_lib.pair_encoder(self.tokenizer, cfg.max_len, cfg.max_source_len)
+        skipped = f"pairs longer than data.max_len={cfg.max_len} are skipped as they come"
+        if cfg.max_source_len:
+            skipped += f", sources cut to data.max_source_len={cfg.max_source_len} tokens"
         if cfg.pack_length:
             shard, shards = sharding.data_shard(config.mesh)
-            self.batches = PackedStream(
-                train,
-                cfg.max_tokens,
-                cfg.pack_length,
-                encode=data_lib.pair_encoder(self.tokenizer, cfg.max_len, cfg.max_source_len),
-                seed=config.seed,
-                process_index=shard,
-                process_count=shards,
-                identity=train.identity,
-            )
+            self.batches = PackedStream(train, cfg.max_tokens, cfg.pack_length, encode=encode, seed=config.seed,
+                                        process_index=shard, process_count=shards, identity=train.identity)  # fmt: skip
             share = f"; this process reads data shard {shard + 1} of {shards}" if shards > 1 else ""
             training = (
-                f"{len(train):,} training pairs streamed (pairs longer than data.max_len={cfg.max_len} are skipped as "
-                f"they come{share}), packed {self.batches.global_rows} rows of {cfg.pack_length} tokens per batch"
+                f"{len(train):,} training pairs streamed ({skipped}{share}), packed {self.batches.global_rows} rows of "
+                f"{cfg.pack_length} tokens per batch"
             )
-            self.dropped = self.truncated = None  # counted as they stream
         else:
-            train_pairs = train.read_all()
-            encoded = data_lib.encode_examples(train_pairs, self.tokenizer, cfg.max_len, cfg.max_source_len)
-            self.batches = data_lib.BatchIterator(
-                encoded.examples,
-                cfg.max_tokens,
-                cfg.length_bucket_step,
-                seed=config.seed,
-                min_bucket_batches=cfg.min_bucket_batches,
-            )
+            self.batches = BucketStream(train, cfg.max_tokens, cfg.length_bucket_step, encode=encode, seed=config.seed,
+                                        min_bucket_batches=cfg.min_bucket_batches, identity=train.identity)  # fmt: skip
             stats = self.batches.stats()
-            truncation = ""
-            if cfg.max_source_len:
-                truncation = (
-                    f", {encoded.truncated:,} sources cut to data.max_source_len={cfg.max_source_len} tokens "
-                    f"({encoded.truncated / max(len(encoded.examples), 1):.1%})"
-                )
+            first = "" if stats["window"] == len(train) else f" (the first window of {stats['window']:,} pairs)"
             training = (
-                f"{len(train_pairs):,} training pairs ({encoded.dropped:,} longer than data.max_len={cfg.max_len} "
-                f"dropped{truncation}), {stats['batches_per_epoch']:,} batches/epoch in {stats['shapes']} "
+                f"{len(train):,} training pairs streamed ({skipped}), length buckets of data.length_bucket_step="
+                f"{cfg.length_bucket_step}: {stats['batches']:,} batches per epoch{first} in {stats['shapes']} "
                 f"shape{'s' * (stats['shapes'] != 1)}, {stats['padding_efficiency']:.1%} real tokens"
             )
-            self.dropped, self.truncated = encoded.dropped, encoded.truncated
         valid_pairs = data_lib.load_split(cfg, cfg.valid_split)
         valid = data_lib.encode_examples(valid_pairs, self.tokenizer, None, cfg.max_source_len)
         self.valid_examples = valid.examples
