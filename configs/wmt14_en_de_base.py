@@ -1,9 +1,11 @@
 """The paper's base model on WMT 2014 English->German (§5, §6.1), for GPUs: bf16 compute, fp32 parameters.
 
 Needs TFDS `wmt14_translate/de-en` prepared in TFDS_DATA_DIR (`tfds build wmt14_translate/de-en` on a machine with
-internet). Each step takes about 25,000 source and 25,000 target tokens (§5.1) split over every device of the mesh,
-pure data parallel over all visible GPUs by default; 100k steps with 4,000 warmup steps of Eq. 3 (§5.3); checkpoints
-every 1,000 steps, the last 5 kept for averaging as §6.1 does (`python -m jax_transformer.average RUN --last 5`).
+internet). Each step takes 96 packed rows of 256 tokens, 24,576 token slots per side (§5.1: about 25,000 source and
+25,000 target tokens), split over every device of the mesh, pure data parallel over all visible GPUs by default; the
+pairs stream from the prepared split, each host reading its own share (docs/training.md#batches-51); 100k steps
+with 4,000 warmup steps of Eq. 3 (§5.3); checkpoints every 1,000 steps, the last 5 kept for averaging as §6.1 does
+(`python -m jax_transformer.average RUN --last 5`).
 Run: `python train.py --config configs/wmt14_en_de_base.py`; several nodes, fewer or smaller GPUs: docs/distributed.md.
 Not measured yet: docs/distributed.md#known-limitations.
 """
@@ -26,7 +28,8 @@ def get_config() -> Config:
             spm_model_type="bpe",
             spm_max_sentences=4_000_000,
             max_len=256,
-            max_tokens=25000,
+            pack_length=256,  # packed rows (as the Flax WMT example): one batch shape, and each host reads its share
+            max_tokens=24576,  # 96 rows of 256: whole rows for 1, 2, 4, 8, 16 or 32 data-parallel devices
         ),  # fmt: skip
         train=TrainConfig(
             steps=100_000,
