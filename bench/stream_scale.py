@@ -8,9 +8,10 @@ by-word mapping of the source; in a temporary folder, never committed), prepares
 and the vocabulary, both cached by content; timed and reported apart), then times `train.py` on it and on the bundled
 Multi30k with the same config (the demo's: packed rows of 64 tokens, 2,048 tokens per batch, `--steps` updates),
 each in a fresh run directory with an empty compilation cache, and a second run on the big corpus (its preparation
-and vocabulary cached, as for the first). Reported for each: seconds from the command's start to its first finished
-update ("start-up": reading nothing but the batch, plus one compilation) and its peak resident memory (the process's
-maxrss from wait4).
+and vocabulary cached, as for the first); all of this twice, with the demo's packed rows and with length buckets
+(`data.pack_length=0`, 3-token steps: windows of 65,536 pairs). Reported for each: seconds from the command's start
+to its first finished update ("start-up": reading nothing but the first batch or window, plus one compilation) and
+its peak resident memory (the process's maxrss from wait4).
 """
 
 import argparse
@@ -107,8 +108,12 @@ def main() -> int:
               f"sentences) {time.time() - started:.0f} s")  # fmt: skip
         runs = {}
         big = ["--config.data.spm_max_sentences=500000"]  # the vocabulary prepared above
-        cases = [("Multi30k (29,000 pairs)", MULTI30K, []), (f"synthetic ({args.pairs:,} pairs)", corpus, big),
-                 (f"synthetic ({args.pairs:,} pairs), again", corpus, big)]  # fmt: skip
+        buckets = ["--config.data.pack_length=0", "--config.data.length_bucket_step=3"]
+        corpora = [("Multi30k (29,000 pairs)", MULTI30K, []), (f"synthetic ({args.pairs:,} pairs)", corpus, big),
+                   (f"synthetic ({args.pairs:,} pairs), again", corpus, big)]  # fmt: skip
+        cases = [(f"{name}: {corpus_label}", path, extra + batching)
+                 for name, batching in (("packed rows", []), ("length buckets", buckets))
+                 for corpus_label, path, extra in corpora]  # fmt: skip
         for label, path, extra in cases:
             run_dir = os.path.join(work, "runs", re.sub(r"\W+", "_", label))
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -120,7 +125,8 @@ def main() -> int:
         print("\n".join(common.machine_lines()))
         print(f"- `train.py --config configs/multi30k_en_de_demo.py`, {args.steps} updates, no evaluation; each run "
               "with an empty compilation cache (start-up includes compiling the step)\n")
-        print("| corpus | start-up to the first update | whole run | peak resident memory |\n|---|---:|---:|---:|")
+        print("| batching: corpus | start-up to the first update | whole run | peak resident memory |\n"
+              "|---|---:|---:|---:|")
         for label, r in runs.items():
             print(f"| {label} | {r['startup_s']:.1f} s | {r['total_s']:.1f} s | {r['rss_gib']:.2f} GiB |")
         for label, r in runs.items():
