@@ -498,6 +498,8 @@ class ClassifyDataConfig:
     length_bucket_step: int = 16  # padded lengths are multiples of this: few shapes for jit
     max_train_examples: int = 0  # use the first N training rows only (0: all); for smoke tests
     max_valid_examples: int = 0
+    # where the training rows are prepared as array_record (cached by content); empty: ~/.cache/jax_transformer/tfds
+    cache_dir: str = ""
 
     def __post_init__(self):
         _one_of(self.format, ("tsv", "csv", "jsonl"), "data.format")

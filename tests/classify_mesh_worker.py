@@ -40,7 +40,8 @@ def main(model_dir: str, data_dir: str, out: str) -> None:
     model_config = bert.bert_model_config(model_dir)
     tokenizer = cdata_tokenizer(model_dir)
     dataset, _ = cdata.load_dataset(os.path.join(data_dir, "train.tsv"), config.data, ["0", "1"], tokenizer, 48)
-    batches = cdata.ClassificationBatches(dataset, 16, 16, 16, model_config.pad_id, seed=0)
+    rows = list(zip(dataset.texts, dataset.labels.tolist(), strict=True))
+    batches = cdata.ClassificationStream(rows, tokenizer, 16, 16, 16, model_config.pad_id, seed=0)
     data = [batch for batch, _ in zip(batches, range(3), strict=False)]
 
     trained = {}

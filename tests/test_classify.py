@@ -122,6 +122,59 @@ def test_batches_have_few_fixed_shapes_and_cover_every_example():
     assert sorted(seen.tolist()) == list(range(7))
 
 
+def test_training_rows_are_prepared_once_by_content_and_bad_files_refused(tmp_path):
+    path = tmp_path / "train.tsv"
+    path.write_text("sentence\tlabel\ngood film\t1\nno label here\t\nfine\t0\n", encoding="utf-8")
+    cfg = ClassifyDataConfig(path=str(tmp_path), labels="0,1", cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(UserError, match=r"1 bad row\(s\): line 3: missing label. Fix them or set data.skip_bad_rows"):
+        cdata.open_rows(str(path), cfg, cfg.label_list)
+    skipping = dataclasses.replace(cfg, skip_bad_rows=True)
+    rows = cdata.open_rows(str(path), skipping, cfg.label_list)
+    assert len(rows) == 2 and rows.__getitems__([0, 1]) == [("good film", 1), ("fine", 0)]
+    assert cdata.open_rows(str(path), skipping, cfg.label_list).identity == rows.identity  # prepared once
+    path.write_text("sentence\tlabel\ngood film\t1\nfine\t0\nbad\t0\n", encoding="utf-8")  # edited: prepared again
+    edited = cdata.open_rows(str(path), skipping, cfg.label_list)
+    assert edited.identity != rows.identity and edited[2] == ("bad", 0)
+
+
+class _Words:
+    """A stand-in tokenizer: [CLS]=101, one id per word (its length + 1000), [SEP]=102."""
+
+    def __call__(self, texts, add_special_tokens=True):
+        return {"input_ids": [[101, *(1000 + len(w) for w in t.split()), 102] for t in texts]}
+
+
+def test_classification_stream_covers_every_row_once_per_epoch_and_resumes_exactly():
+    rng = np.random.default_rng(0)
+    rows = [(" ".join("w" * int(k) for k in rng.integers(1, 9, rng.integers(1, 20))), i % 3) for i in range(90)]
+    ids, truncated = cdata.encode_texts(_Words(), [text for text, _ in rows], 16)  # cut to 16 tokens, [SEP] kept
+    assert truncated > 10
+
+    def fingerprint(batch):  # each row's (token ids, label) as it went into the batch
+        return [(tuple(int(x) for x in r if x), int(y)) for r, y, w in zip(batch["ids"], batch["labels"],
+                                                                          batch["weights"], strict=True) if w]
+
+    expected = sorted((tuple(i.tolist()), label) for i, (_, label) in zip(ids, rows, strict=True))
+    for window in (90, 32):  # one window per epoch; windows smaller than the rows
+        stream = cdata.ClassificationStream(rows, _Words(), 8, 8, 16, 0, seed=1, window=window)
+        iterator, seen, batches = iter(stream), [], []
+        while stream.examples_read < 90:
+            batches.append(next(iterator))
+            seen += fingerprint(batches[-1])
+        if window == 90:
+            assert stream.examples_read == 90 and len(batches) == len(stream) == stream.stats()["batches"]
+            assert sorted(seen) == expected  # every row once, with its own label
+        assert all(set(b) == {"ids", "labels", "weights"} and b["ids"].shape[0] == 8 for b in batches)
+        assert {b["ids"].shape[1] for b in batches} <= {8, 16}
+        state = json.loads(json.dumps(stream.state()))
+        following = [fingerprint(next(iterator)) for _ in range(15)]
+        resumed = cdata.ClassificationStream(rows, _Words(), 8, 8, 16, 0, seed=1, window=window)
+        resumed.restore(state)
+        assert [fingerprint(b) for b, _ in zip(resumed, range(15), strict=False)] == following
+    with pytest.raises(UserError, match="differ from the run being resumed"):
+        cdata.ClassificationStream(rows[:-1], _Words(), 8, 8, 16, 0, seed=1, window=32).restore(state)
+
+
 def test_two_step_run_writes_the_run_directory(trained_run):
     run_dir, report = trained_run
     for name in ("config.json", "labels.json", "model.json", "metrics.jsonl", "eval.json", "confusion_matrix.png"):

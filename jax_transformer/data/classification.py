@@ -4,6 +4,10 @@ Rows with no label, a label outside `data.labels`, or empty text are bad rows: t
 and line number (the run refuses the file, or skips them with `data.skip_bad_rows`). Batches come in a few fixed
 shapes (padded lengths are multiples of `length_bucket_step`, rows always `batch_size`, a short last batch padded
 with empty rows of weight 0), so `jit` compiles each shape once.
+
+The training file is prepared once as array_record (`open_rows`, cached by content) and streamed
+(`ClassificationStream`): rows are tokenized as they come and batched a window at a time, so memory is bounded by
+the window, not the file. Evaluation sets are read into memory (`load_dataset`).
 """
 
 import csv
@@ -12,12 +16,16 @@ import hashlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import tensorflow_datasets as tfds
 
 from jax_transformer.config import ClassifyDataConfig, UserError
+from jax_transformer.data import pipeline
 from jax_transformer.data.batching import assign_batches, plan_buckets
+from jax_transformer.data.stream import BUCKET_WINDOW, WindowStream
 
 csv.field_size_limit(1 << 24)
 
@@ -41,9 +49,9 @@ def _column(header: list[str] | None, field: str, path: str) -> int | str:
     return header.index(field)
 
 
-def read_rows(path: str, cfg: ClassifyDataConfig, limit: int = 0) -> list[tuple[int, str | None, str | None]]:
-    """(line number, text, raw label) of each row; None where a field is missing."""
-    rows = []
+def iter_rows(path: str, cfg: ClassifyDataConfig, limit: int = 0) -> Iterator[tuple[int, str | None, str | None]]:
+    """(line number, text, raw label) of each row, read as they come; None where a field is missing."""
+    count = 0
     try:
         with _open(path) as f:
             if cfg.format == "jsonl":
@@ -55,14 +63,13 @@ def read_rows(path: str, cfg: ClassifyDataConfig, limit: int = 0) -> list[tuple[
                     except json.JSONDecodeError:
                         record = None
                     if not isinstance(record, dict):
-                        rows.append((number, None, None))
+                        yield number, None, None
                     else:
                         label = record.get(cfg.label_field)
                         text = record.get(cfg.text_field)
-                        rows.append(
-                            (number, None if text is None else str(text), None if label is None else str(label))
-                        )
-                    if limit and len(rows) >= limit:
+                        yield number, None if text is None else str(text), None if label is None else str(label)
+                    count += 1
+                    if limit and count >= limit:
                         break
             else:
                 if cfg.format == "tsv":
@@ -75,14 +82,19 @@ def read_rows(path: str, cfg: ClassifyDataConfig, limit: int = 0) -> list[tuple[
                     if not row:
                         continue
                     get = lambda col: row[col] if col < len(row) else None  # noqa: B023
-                    rows.append((reader.line_num, get(text_col), get(label_col)))
-                    if limit and len(rows) >= limit:
+                    yield reader.line_num, get(text_col), get(label_col)
+                    count += 1
+                    if limit and count >= limit:
                         break
     except UnicodeDecodeError as e:
         raise UserError(f"{path} is not UTF-8 text ({e})") from None
     except csv.Error as e:
         raise UserError(f"{path}: unreadable {cfg.format.upper()} ({e})") from None
-    return rows
+
+
+def read_rows(path: str, cfg: ClassifyDataConfig, limit: int = 0) -> list[tuple[int, str | None, str | None]]:
+    """`iter_rows` as a list."""
+    return list(iter_rows(path, cfg, limit))
 
 
 def infer_labels(rows) -> list[str]:
@@ -92,29 +104,51 @@ def infer_labels(rows) -> list[str]:
     return sorted(values, key=(lambda v: int(v)) if numeric else None)
 
 
-def validate_rows(rows, labels: list[str], path: str, skip_bad: bool) -> tuple[list[str], np.ndarray]:
-    """Texts and label ids of the good rows; bad rows raise one `UserError` naming them (or are skipped, reported)."""
-    index = {label: i for i, label in enumerate(labels)}
-    texts, ids, bad = [], [], []
-    for number, text, label in rows:
+class RowChecker:
+    """Checks rows one at a time: `check(row)` -> (text, label id), or None for a bad row (no label, a label outside
+    `labels`, empty text), which is noted; `finish()` then raises one `UserError` naming the bad rows (or, with
+    `skip_bad`, reports them on stderr)."""
+
+    def __init__(self, labels: list[str], path: str, skip_bad: bool):
+        self.index, self.path, self.skip_bad = {label: i for i, label in enumerate(labels)}, path, skip_bad
+        self.labels, self.bad, self.bad_count = labels, [], 0
+
+    def __call__(self, row) -> tuple[str, int] | None:
+        number, text, label = row
         label = None if label is None else label.strip()
         if text is None and label is None:
-            bad.append(f"line {number}: unreadable row (missing columns or invalid JSON)")
+            problem = "unreadable row (missing columns or invalid JSON)"
         elif not label:
-            bad.append(f"line {number}: missing label")
-        elif label not in index:
-            bad.append(f"line {number}: unknown label {label!r} (known: {', '.join(labels)})")
+            problem = "missing label"
+        elif label not in self.index:
+            problem = f"unknown label {label!r} (known: {', '.join(self.labels)})"
         elif text is None or not text.strip():
-            bad.append(f"line {number}: empty text")
+            problem = "empty text"
         else:
-            texts.append(text.strip())
-            ids.append(index[label])
-    if bad:
-        shown = "; ".join(bad[:5]) + (f"; ... ({len(bad) - 5} more)" if len(bad) > 5 else "")
-        if not skip_bad:
-            raise UserError(f"{path}: {len(bad)} bad row(s): {shown}. Fix them or set data.skip_bad_rows=true")
-        print(f"warning: {path}: skipped {len(bad)} bad row(s): {shown}", file=sys.stderr)
-    return texts, np.asarray(ids, np.int32)
+            return text.strip(), self.index[label]
+        self.bad_count += 1
+        if len(self.bad) < 5:
+            self.bad.append(f"line {number}: {problem}")
+        return None
+
+    def finish(self) -> None:
+        if not self.bad_count:
+            return
+        more = self.bad_count - len(self.bad)
+        shown = "; ".join(self.bad) + (f"; ... ({more} more)" if more else "")
+        if not self.skip_bad:
+            raise UserError(
+                f"{self.path}: {self.bad_count} bad row(s): {shown}. Fix them or set data.skip_bad_rows=true"
+            )
+        print(f"warning: {self.path}: skipped {self.bad_count} bad row(s): {shown}", file=sys.stderr)
+
+
+def validate_rows(rows, labels: list[str], path: str, skip_bad: bool) -> tuple[list[str], np.ndarray]:
+    """Texts and label ids of the good rows; bad rows raise one `UserError` naming them (or are skipped, reported)."""
+    check = RowChecker(labels, path, skip_bad)
+    good = [example for example in map(check, rows) if example is not None]
+    check.finish()
+    return [text for text, _ in good], np.asarray([label for _, label in good], np.int32)
 
 
 def encode_texts(tokenizer, texts: list[str], max_len: int) -> tuple[list[np.ndarray], int]:
@@ -176,53 +210,116 @@ def padding_stats(batches: list[dict], pad_id: int) -> dict:
     }
 
 
-class ClassificationBatches:
-    """Endless training batches of labelled examples, epoch after epoch, each epoch shuffled by
-    `default_rng([seed, epoch])`: a pure function of (seed, epoch), so `state()` / `restore()` continue an interrupted
-    run with exactly the batches it would have seen (the engine saves the state with every checkpoint)."""
+# ---------------------------------------------------------------------------------------------------------------------
+# The training rows, prepared once and streamed
+# ---------------------------------------------------------------------------------------------------------------------
 
-    def __init__(self, dataset: "Dataset", batch_size: int, step: int, max_len: int, pad_id: int, seed: int = 0):
-        self.dataset, self.seed = dataset, seed
-        self._make = lambda rng: make_batches(dataset.ids, dataset.labels, batch_size, step, max_len, pad_id, rng)
-        plan = self._make(None)  # the shapes and counts are the same every epoch; only the order changes
-        self.num_batches_per_epoch = len(plan)
-        self._stats = padding_stats(plan, pad_id)
-        settings = [batch_size, step, max_len, pad_id, seed, len(dataset.ids)]
-        digest = hashlib.sha256(json.dumps(settings).encode() + np.asarray(dataset.labels).tobytes())
-        for ids in dataset.ids:
-            digest.update(np.asarray(ids, np.int32).tobytes())
-        self.fingerprint = digest.hexdigest()[:16]
-        self.epoch, self.index = 0, 0
-        self._cached: tuple[int, list] | None = None
+
+class LocalLabelledText(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """The good rows of one labelled file as a TFDS dataset in array_record files: (text, label id), in file order.
+
+    Prepared once in the data cache, named by the file's content and every setting that changes what is kept (format,
+    fields, header, labels, skip_bad_rows, the row limit), so an edited file or another setting is prepared again.
+    Preparation reads the file as a stream and checks every row (`RowChecker`): bad rows stop it with one line, or are
+    skipped and reported (data.skip_bad_rows)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    code_path = None  # nothing is downloaded: no checksums file to look for (see pipeline.LocalParallelText)
+
+    def __init__(self, *, path: str, cfg: ClassifyDataConfig, labels: list[str], limit: int, data_dir: str):
+        self._path, self._cfg, self._labels, self._limit = path, cfg, labels, limit
+        if not os.path.isfile(path):
+            raise UserError(f"no data file at {path}")
+        key = [_READER_VERSION, cfg.format, cfg.text_field, cfg.label_field, cfg.header, labels, cfg.skip_bad_rows,
+               limit, pipeline.content_digest(path)]  # fmt: skip
+        digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
+        super().__init__(config=tfds.core.BuilderConfig(name=f"rows-{digest}", description=path), data_dir=data_dir,
+                         file_format="array_record")  # fmt: skip
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        features = tfds.features.FeaturesDict({"text": tfds.features.Text(), "label": np.int32})
+        return tfds.core.DatasetInfo(builder=self, features=features, disable_shuffling=True)
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+        check, kept = RowChecker(self._labels, self._path, self._cfg.skip_bad_rows), 0
+        for row in iter_rows(self._path, self._cfg, self._limit):
+            example = check(row)
+            if example is not None:
+                yield kept, {"text": example[0], "label": example[1]}
+                kept += 1
+        check.finish()
+        if not kept:
+            raise UserError(f"{self._path} has no usable rows")
+
+    def _log_download_bytes(self) -> None:
+        pass
+
+
+_READER_VERSION = 1  # bump when reading or checking rows changes, so cached preparations are rebuilt
+
+
+class LabelledRows:
+    """Random access to a prepared file's (text, label id) rows (`open_rows`), read only when asked for."""
+
+    def __init__(self, records, identity: str):
+        self.records, self.identity = records, identity
 
     def __len__(self) -> int:
-        return self.num_batches_per_epoch
+        return len(self.records)
 
-    def stats(self) -> dict:
-        """Batches per epoch, distinct shapes and the share of real (non-padding) tokens."""
-        return self._stats
+    def __getitem__(self, i: int) -> tuple[str, int]:
+        return self.__getitems__([i])[0]
 
-    def _epoch(self, epoch: int) -> list[dict]:
-        if self._cached is None or self._cached[0] != epoch:
-            self._cached = (epoch, self._make(np.random.default_rng([self.seed % 2**32, epoch])))
-        return self._cached[1]
+    def __getitems__(self, indices) -> list[tuple[str, int]]:
+        return [(r["text"].decode("utf-8"), int(r["label"])) for r in self.records.__getitems__(list(indices))]
 
-    def __iter__(self):
-        while True:
-            batches = self._epoch(self.epoch)
-            while self.index < len(batches):
-                batch = batches[self.index]
-                self.index += 1
-                yield {k: batch[k] for k in ("ids", "labels", "weights")}
-            self.epoch, self.index = self.epoch + 1, 0
+    _getitems = __getitems__  # grain's name for batched reads
 
-    def state(self) -> dict:
-        return {"epoch": self.epoch, "index": self.index, "fingerprint": self.fingerprint}
 
-    def restore(self, state: dict) -> None:
-        if state.get("fingerprint") != self.fingerprint:
-            raise UserError(
-                "the training data or batching settings (batch_size, max_len, length_bucket_step, seed) differ from "
-                "the run being resumed; fix: resume with the original data and config, or start a new run"
-            )
-        self.epoch, self.index = int(state["epoch"]), min(int(state["index"]), self.num_batches_per_epoch)
+def open_rows(path: str, cfg: ClassifyDataConfig, labels: list[str], limit: int = 0) -> LabelledRows:
+    """The good rows of `path`, prepared once (`LocalLabelledText`, in cfg.cache_dir or the default data cache)."""
+    data_dir = cfg.cache_dir or pipeline.default_cache_dir()
+    make = lambda: LocalLabelledText(path=path, cfg=cfg, labels=labels, limit=limit, data_dir=data_dir)  # noqa: E731
+    builder = pipeline.prepared(make)
+    return LabelledRows(builder.as_data_source(split="train"), identity=builder.builder_config.name)
+
+
+def _labels_of(path: str, cfg: ClassifyDataConfig, limit: int) -> list[str]:
+    """The sorted distinct labels of a file, read as a stream."""
+    return infer_labels(iter_rows(path, cfg, limit))
+
+
+class ClassificationStream(WindowStream):
+    """Endless training batches of labelled examples streamed from prepared rows (`open_rows`, or a list of (text,
+    label id)), tokenized as they come: windows of rows (`stream.WindowStream`; SST-2's 67,349 rows are two windows)
+    planned into `make_batches`' shapes (`batch_size` rows, lengths multiples of `step` up to `max_len`), each window's
+    batches in an order shuffled from (seed, window). `state()` / `restore()` continue a run exactly (the engine saves
+    the state with every checkpoint)."""
+
+    def __init__(self, source, tokenizer, batch_size: int, step: int, max_len: int, pad_id: int, seed: int = 0,
+                 identity: str = "", window: int = BUCKET_WINDOW):  # fmt: skip
+        self._tokenizer, self._layout = tokenizer, (batch_size, step, max_len, pad_id)
+        if not identity:  # a list of rows: its texts and labels name it
+            identity = hashlib.sha256(json.dumps([list(row) for row in source]).encode()).hexdigest()
+        self._start_windows(source, [identity, *self._layout], seed, True, window, prefetch=2)
+
+    def __len__(self) -> int:
+        """Batches per epoch: exact when the rows fit in one window, else the first window's count scaled."""
+        if not hasattr(self, "_per_epoch"):
+            stats = self.stats()
+            self._per_epoch = max(1, round(stats["batches"] * self.share / stats["window"]))
+        return self._per_epoch
+
+    def _plan_window(self, records, rng):
+        ids, _ = encode_texts(self._tokenizer, [text for text, _ in records], self._layout[2])
+        labels = np.asarray([label for _, label in records], np.int32)
+        batches = make_batches(ids, labels, *self._layout, rng=rng)
+        for batch in batches:
+            batch["_read"] = int((batch.pop("index") >= 0).sum())
+        return batches
+
+    def _tokens(self, batch):
+        return int((batch["ids"] != self._layout[3]).sum()), batch["ids"].size

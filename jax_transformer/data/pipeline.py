@@ -62,7 +62,7 @@ class LocalParallelText(tfds.core.GeneratorBasedBuilder, skip_registration=True)
         self._files = split_files(cfg, split)
         self.tfds_split = re.sub(r"\W", "_", split)
         key = [_READER_VERSION, cfg.format, cfg.src_field or cfg.src_lang, cfg.tgt_field or cfg.tgt_lang]
-        key += [_content_digest(path) for path in self._files]  # by content: a copied or touched file is not new
+        key += [content_digest(path) for path in self._files]  # by content: a copied or touched file is not new
         digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
         config = tfds.core.BuilderConfig(name=f"{self.tfds_split}-{digest}", description=" + ".join(self._files))
         super().__init__(config=config, data_dir=data_dir, file_format="array_record")
@@ -102,7 +102,7 @@ def _quiet_tfds():
             tfds.enable_progress_bar()
 
 
-def _content_digest(path: str) -> str:
+def content_digest(path: str) -> str:
     """sha256 of a file's bytes (about 1 s per GB): the cache key of its preparation."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
@@ -164,17 +164,24 @@ def open_split(cfg: DataConfig, split: str, data_dir: str | None = None) -> Spli
     if cfg.format == "tfds":
         return _open_catalog(cfg, split, data_dir or cfg.tfds_data_dir or None)
     data_dir = data_dir or cfg.cache_dir or default_cache_dir()
+    builder = prepared(lambda: LocalParallelText(cfg=cfg, split=split, data_dir=data_dir))
     with _quiet_tfds():
-        builder = LocalParallelText(cfg=cfg, split=split, data_dir=data_dir)
+        source = builder.as_data_source(split=builder.tfds_split)
+    return SplitSource(source, identity=builder.builder_config.name, where=" + ".join(builder._files))
+
+
+def prepared(make):
+    """The TFDS builder `make()` of local files, prepared (once: a prepared one is reused as it is)."""
+    with _quiet_tfds():
+        builder = make()
         if not builder.is_prepared():
             try:
                 builder.download_and_prepare()
             except OSError:  # another run preparing the same files may have renamed its copy into place first
-                builder = LocalParallelText(cfg=cfg, split=split, data_dir=data_dir)
+                builder = make()
                 if not builder.is_prepared():
                     raise
-        source = builder.as_data_source(split=builder.tfds_split)
-    return SplitSource(source, identity=builder.builder_config.name, where=" + ".join(builder._files))
+    return builder
 
 
 def load_split(cfg: DataConfig, split: str, data_dir: str | None = None) -> list[tuple[str, str]]:

@@ -249,16 +249,64 @@ class PackedStream(_Stream):
         return {"shapes": 1, "rows_per_batch": self.rows_per_batch, "share": self.share}
 
 
-class BucketStream(_Stream):
-    """Endless token-budget batches of length-bucketed pairs (§5.1) streamed from `source` (see the module
-    docstring): each window of `window` pairs is planned by `batching.plan_buckets` (padded lengths multiples of
-    `length_bucket_step`, rows * max(S, T) <= max_tokens, buckets of fewer than `min_bucket_batches` batches merged
-    into longer ones) and its batches given in an order shuffled from (seed, window).
+class WindowStream(_Stream):
+    """Endless batches planned a window of examples at a time (see the module docstring): `window` examples of the
+    stream (the whole source when it has no more: then a window is an epoch) go to `_plan_window`, which returns all
+    their batches, in an order shuffled from (seed, window). Every process builds the same global batches (the engine
+    puts each process's rows on its devices), so a run resumes on any number of processes; it reads the whole source,
+    a window at a time. A subclass plans (`_plan_window`) and counts tokens (`_tokens`); `settings` name its rules in
+    the fingerprint."""
 
-    Every process builds the same global batches (the engine puts each process's rows on its devices), so a run
-    resumes on any number of processes; it reads the whole split, a window at a time (packed rows read a share per
-    process). `encode` and `identity` as for `PackedStream`.
-    """
+    def _start_windows(self, source: Sequence, settings: list, seed: int, shuffle: bool, window: int, prefetch: int):
+        dataset = _share(source, seed, shuffle, 0, 1)
+        self.window = min(window, len(source))
+
+        def plan(index: int, records: list) -> list[dict[str, np.ndarray]]:
+            rng = np.random.default_rng([seed % 2**32, index]) if shuffle else None
+            return self._plan_window(records, rng)
+
+        windows = dataset.repeat().batch(self.window, batch_fn=list).map_with_index(plan)
+        options = grain.ReadOptions(num_threads=1, prefetch_buffer_size=1)  # the next window is made while training
+        stream = grain.experimental.FlatMapIterDataset(windows.to_iter_dataset(options), _WindowBatches())
+        self._start(stream, len(source), [*settings, seed, shuffle, self.window], prefetch)
+        self._source = source
+
+    def _plan_window(self, records: list, rng: np.random.Generator | None) -> list[dict[str, np.ndarray]]:
+        """Every batch of one window of source records, in a shuffled order when `rng` is given; each batch carries
+        `_read`, the records it accounts for (its examples, and the window's skipped ones with the first batch)."""
+        raise NotImplementedError
+
+    def _tokens(self, batch: dict[str, np.ndarray]) -> tuple[int, int]:
+        """(real tokens, slots) of a batch."""
+        raise NotImplementedError
+
+    def _count(self, batch):
+        self.examples_read += int(batch.pop("_read"))
+        real, slots = self._tokens(batch)
+        self._real, self._slots = self._real + real, self._slots + slots
+        return batch
+
+    def stats(self) -> dict:
+        """The first window's plan (every window of a source that fits in one: every epoch): its examples, batches,
+        distinct shapes (one compilation each) and share of real tokens. Reads and tokenizes that window once."""
+        indices = range(self.window)
+        read = getattr(self._source, "__getitems__", None)
+        batches = self._plan_window(read(indices) if read else [self._source[i] for i in indices], None)
+        real, slots = np.sum([self._tokens(batch) for batch in batches], axis=0) if batches else (0, 0)
+        return {
+            "window": self.window,
+            "examples": sum(batch["_read"] for batch in batches),
+            "batches": len(batches),
+            "shapes": len({tuple(v.shape for k, v in sorted(b.items()) if k != "_read") for b in batches}),
+            "padding_efficiency": float(real / max(slots, 1)),
+        }
+
+
+class BucketStream(WindowStream):
+    """Endless token-budget batches of length-bucketed training pairs (§5.1) streamed from `source`: each window is
+    planned by `batching.plan_buckets` (padded lengths multiples of `length_bucket_step`, rows * max(S, T) <=
+    max_tokens, buckets of fewer than `min_bucket_batches` batches merged into longer ones). `encode` and `identity`
+    as for `PackedStream`."""
 
     def __init__(
         self,
@@ -275,48 +323,19 @@ class BucketStream(_Stream):
         window: int = BUCKET_WINDOW,
         prefetch: int = 2,
     ):
-        encode = encode or _default_encode
-        dataset = _share(source, seed, shuffle, 0, 1)
-        self.window = min(window, len(source))  # the whole split when it is smaller: one window per epoch
-        bucketing = (max_tokens, length_bucket_step, min_bucket_batches, batch_multiple)
+        self._encode = encode or _default_encode
+        self._bucketing = (max_tokens, length_bucket_step, min_bucket_batches, batch_multiple)
+        self._start_windows(source, [_identity(source, identity), *self._bucketing], seed, shuffle, window, prefetch)
 
-        def plan(index: int, records: list) -> list[dict[str, np.ndarray]]:
-            examples = [(f["src"], f["tgt_out"]) for f in map(encode, records) if f is not None]
-            rng = np.random.default_rng([seed % 2**32, index]) if shuffle else None
-            batches = window_batches(examples, *bucketing, rng)
-            if batches:  # the pairs left out (too long) count as read, with the window's first batch
-                batches[0]["_read"] += len(records) - len(examples)
-            return batches
-
-        windows = dataset.repeat().batch(self.window, batch_fn=list).map_with_index(plan)
-        options = grain.ReadOptions(num_threads=1, prefetch_buffer_size=1)  # the next window is made while training
-        stream = grain.experimental.FlatMapIterDataset(windows.to_iter_dataset(options), _WindowBatches())
-        settings = [_identity(source, identity), max_tokens, length_bucket_step, seed, shuffle, min_bucket_batches,
-                    batch_multiple, self.window]  # fmt: skip
-        self._start(stream, len(source), settings, prefetch)
-        self._bucketing, self._encode, self._source = bucketing, encode, source
-
-    def _count(self, batch):
-        self.examples_read += int(batch.pop("_read"))
-        self._real += int((batch["src"] > 0).sum() + (batch["tgt_out"] > 0).sum())
-        self._slots += batch["src"].size + batch["tgt_out"].size
-        return batch
-
-    def stats(self) -> dict:
-        """The first window's plan (every window of a split that fits in one: every epoch): its pairs, batches,
-        distinct shapes (one compilation each) and share of real tokens. Reads and tokenizes that window once."""
-        records = self._source.__getitems__(range(self.window)) if hasattr(self._source, "__getitems__") else [
-            self._source[i] for i in range(self.window)]  # fmt: skip
+    def _plan_window(self, records, rng):
         examples = [(f["src"], f["tgt_out"]) for f in map(self._encode, records) if f is not None]
-        buckets = plan_buckets(example_lengths(examples), *self._bucketing)
-        slots = sum(b.num_batches * b.rows * (b.src_len + b.tgt_len) for b in buckets)
-        return {
-            "window": self.window,
-            "examples": len(examples),
-            "batches": sum(b.num_batches for b in buckets),
-            "shapes": len({(b.rows, b.src_len, b.tgt_len) for b in buckets if b.num_batches}),
-            "padding_efficiency": float(example_lengths(examples).sum() / max(slots, 1)),
-        }
+        batches = window_batches(examples, *self._bucketing, rng)
+        if batches:  # the pairs left out (too long) count as read, with the window's first batch
+            batches[0]["_read"] += len(records) - len(examples)
+        return batches
+
+    def _tokens(self, batch):
+        return int((batch["src"] > 0).sum() + (batch["tgt_out"] > 0).sum()), batch["src"].size + batch["tgt_out"].size
 
 
 def example_lengths(examples: Sequence[tuple[np.ndarray, np.ndarray | None]]) -> np.ndarray:

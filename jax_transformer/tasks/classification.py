@@ -173,8 +173,8 @@ class ClassificationTask:
         self.tokenizer = load_tokenizer(self.model_dir)
         self.train_path, self.valid_path = (os.path.join(cfg.path, f) for f in (cfg.train_file, cfg.valid_file))
         labels = cfg.label_list
-        if not labels:  # resolved from the training file, then saved with the model
-            labels = cdata.infer_labels(cdata.read_rows(self.train_path, cfg, cfg.max_train_examples))
+        if not labels:  # resolved from the training file (read as a stream), then saved with the model
+            labels = cdata.infer_labels(cdata.iter_rows(self.train_path, cfg, cfg.max_train_examples))
             if len(labels) < 2:
                 raise UserError(
                     f"{self.train_path}: found {len(labels)} distinct label(s) in {cfg.label_field!r}; need >= 2"
@@ -182,7 +182,7 @@ class ClassificationTask:
             config = dataclasses.replace(config, data=dataclasses.replace(cfg, labels=",".join(labels)))
             cfg = config.data
         self.config, self.labels = config, labels
-        train_set, truncated = cdata.load_dataset(self.train_path, cfg, labels, self.tokenizer, cfg.max_train_examples)
+        train_rows = cdata.open_rows(self.train_path, cfg, labels, cfg.max_train_examples)  # prepared once, streamed
         self.valid_set, _ = cdata.load_dataset(self.valid_path, cfg, labels, self.tokenizer, cfg.max_valid_examples)
         self.dtype = "bfloat16" if tcfg.bf16 else "float32"
         self.model_config = bert.bert_model_config(self.model_dir, dtype=self.dtype)
@@ -191,15 +191,17 @@ class ClassificationTask:
                 f"data.max_len={cfg.max_len} exceeds the pretrained model's {self.model_config.max_len} positions"
             )
         pad_id = self.model_config.pad_id
-        self.batches = cdata.ClassificationBatches(train_set, tcfg.batch_size, cfg.length_bucket_step, cfg.max_len,
-                                                   pad_id, config.seed)  # fmt: skip
+        layout = (tcfg.batch_size, cfg.length_bucket_step, cfg.max_len, pad_id)
+        self.batches = cdata.ClassificationStream(train_rows, self.tokenizer, *layout, config.seed,
+                                                  identity=train_rows.identity)  # fmt: skip
         updates_per_epoch = -(-len(self.batches) // tcfg.grad_accum_steps)
         self.total_steps = tcfg.steps or tcfg.epochs * updates_per_epoch
         stats = self.batches.stats()
+        first = "" if stats["window"] == len(train_rows) else f" (the first window of {stats['window']:,} rows)"
         say(
-            f"data: {len(train_set.ids):,} training examples ({truncated:,} truncated to {cfg.max_len} tokens), "
-            f"{len(self.valid_set.ids):,} dev; labels {labels}; {stats['batches']:,} batches/epoch in "
-            f"{stats['shapes']} shapes, {stats['real_tokens']:.1%} real tokens"
+            f"data: {len(train_rows):,} training examples streamed (tokenized as they come, truncated to "
+            f"{cfg.max_len} tokens), {len(self.valid_set.ids):,} dev; labels {labels}; {len(self.batches):,} "
+            f"batches/epoch, {stats['shapes']} shapes, {stats['padding_efficiency']:.1%} real tokens{first}"
         )
 
     def fixed_settings(self, config: ClassifyConfig) -> dict:
