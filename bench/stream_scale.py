@@ -9,7 +9,7 @@ and the vocabulary, both cached by content; timed and reported apart), then time
 Multi30k with the same config (the demo's: packed rows of 64 tokens, 2,048 tokens per batch, `--steps` updates),
 each in a fresh run directory with an empty compilation cache, and a second run on the big corpus (its preparation
 and vocabulary cached, as for the first); all of this twice, with the demo's packed rows and with length buckets
-(`data.pack_length=0`, 3-token steps: windows of 65,536 pairs). Reported for each: seconds from the command's start
+(`data.pack_length=0`, 3-token steps: windows of 100,000 pairs). Reported for each: seconds from the command's start
 to its first finished update ("start-up": reading nothing but the first batch or window, plus one compilation) and
 its peak resident memory (the process's maxrss from wait4).
 """

@@ -294,7 +294,7 @@ def _labels_of(path: str, cfg: ClassifyDataConfig, limit: int) -> list[str]:
 
 class ClassificationStream(WindowStream):
     """Endless training batches of labelled examples streamed from prepared rows (`open_rows`, or a list of (text,
-    label id)), tokenized as they come: windows of rows (`stream.WindowStream`; SST-2's 67,349 rows are two windows)
+    label id)), tokenized as they come: windows of rows (`stream.WindowStream`; SST-2's 67,349 rows are one window)
     planned into `make_batches`' shapes (`batch_size` rows, lengths multiples of `step` up to `max_len`), each window's
     batches in an order shuffled from (seed, window). `state()` / `restore()` continue a run exactly (the engine saves
     the state with every checkpoint)."""
