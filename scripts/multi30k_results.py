@@ -8,6 +8,10 @@ checkpoints; translate val and test2016 with the recipe's beam search; score the
 cased sacreBLEU, lowercased Moses-tokenized BLEU (the Multi30k literature's figure) and chrF; read the time to
 quality from the run's validation log; draw the training curves (PNG).
 
+With --at-step S the averaged model is that of the N checkpoints up to step S (the run as if stopped there: with the
+recipe's inverse-sqrt schedule, which does not depend on train.steps, that is exactly the run with train.steps=S),
+scored and timed at S; its results go to RUN/results_atS.json. The time-to-quality figures come from this.
+
 With --test-curve every checkpoint the run still keeps is also scored on test2016 (beam search, no averaging), which
 gives the wall time at which a single checkpoint first passes the --target lc-tok BLEU on test2016. That is for the
 report only: nothing is selected on test2016 (the recipe, beam and alpha were chosen on val).
@@ -69,6 +73,7 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-train", action="store_true", help="score the existing run directory only")
     parser.add_argument("--average", type=int, default=10, help="average the last N checkpoints (1: no averaging)")
     parser.add_argument("--target", type=float, default=40.0, help="lc-tok BLEU whose time to reach is reported")
+    parser.add_argument("--at-step", type=int, default=None, help="average and score the run as it was at this step")
     parser.add_argument("--test-curve", action="store_true", help="also score every kept checkpoint on test2016")
     parser.add_argument("--png", default="", help="training curves PNG (default: RUN/curves.png)")
     parser.add_argument("--data-dir", default="data/multi30k")
@@ -94,12 +99,15 @@ def main(argv=None) -> int:
         train_records = [r for r in records if r.get("kind") == "train"]
         minutes = minutes_at_steps(run_dir)
         last_step = max(minutes) if minutes else (train_records[-1]["step"] if train_records else 0)
+        if args.at_step is not None:
+            last_step = args.at_step
         total_minutes = minutes.get(last_step, float("nan"))
 
-        model_dir = os.path.join(run_dir, f"avg{args.average}")
+        at = "" if args.at_step is None else f"_at{args.at_step}"
+        model_dir = os.path.join(run_dir, f"avg{args.average}{at}")
         if os.path.exists(model_dir):  # derived from the checkpoints: rebuilt every time
             shutil.rmtree(model_dir)
-        steps = average_run(run_dir, args.average, model_dir)
+        steps = average_run(run_dir, args.average, model_dir, args.at_step)
         translator = load_translator(model_dir)
         import jax
 
@@ -133,7 +141,7 @@ def main(argv=None) -> int:
             "signatures": {k: test[f"{k}_signature"] for k in ("bleu", "lc_tok_bleu", "chrf")},
             "test_curve": curve, "curves_png": png,
         }  # fmt: skip
-        with open(os.path.join(run_dir, "results.json"), "w", encoding="utf-8") as f:
+        with open(os.path.join(run_dir, f"results{at}.json"), "w", encoding="utf-8") as f:
             json.dump(row, f, indent=2)
         print(json.dumps(row, indent=2))
         print("| recipe | direction | test2016 lc-tok BLEU | sacreBLEU | chrF | params | steps | time | hardware |")

@@ -198,6 +198,14 @@ def test_translate_evaluate_average_commands(tmp_path, capsys):
     assert average.main([str(run_dir), "--last", "2", "--out", str(tmp_path / "avg")]) == 0
     assert translate.main([str(tmp_path / "avg"), "--input", str(src), "--output", str(tmp_path / "o2")]) == 0
     assert average.main([str(run_dir), "--last", "2", "--out", str(tmp_path / "avg")]) == 1  # never overwrites
+    kept = Checkpointer(str(run_dir / "checkpoints"), read_only=True).all_steps()
+    assert len(kept) >= 2
+    capsys.readouterr()
+    assert average.main([str(run_dir), "--last", "2", "--up-to", str(kept[-2]), "--out", str(tmp_path / "at")]) == 0
+    assert f"averaged steps {', '.join(map(str, kept[-3:-1] if len(kept) > 2 else kept[:1]))} into" in (
+        capsys.readouterr().out)  # fmt: skip
+    assert average.main([str(run_dir), "--up-to", "7", "--out", str(tmp_path / "at7")]) == 1  # no such checkpoint
+    assert "keeps no checkpoint of step 7" in capsys.readouterr().err
     occupied = tmp_path / "occupied"
     occupied.mkdir()
     (occupied / "notes.txt").write_text("mine", encoding="utf-8")
