@@ -105,7 +105,7 @@ def process_rows_share(rows: int, shard_count: int) -> int:
 
 
 class _Stream:
-    """What the two streams share: endless batches from a grain pipeline (`self._dataset`), the examples consumed so
+    """What every stream here shares: endless batches from a grain pipeline (`self._dataset`), the examples consumed so
     far (for the epoch count), the real-token share, and a state that a checkpoint saves and `restore` sets again.
     `settings` (with the data's `identity`) make the fingerprint that a restored state must match."""
 
@@ -173,7 +173,7 @@ class _Stream:
 
 
 def _share(source: Sequence, seed: int, shuffle: bool, process_index: int, process_count: int) -> grain.MapDataset:
-    """This process's share of `source`, in a fresh order every epoch, endlessly."""
+    """This process's share of `source`, shuffled by grain's index shuffle (repeated, every epoch in a fresh order)."""
     if len(source) == 0:
         raise UserError("no training examples to stream; fix: check the data")
     if len(source) < process_count:
