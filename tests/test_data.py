@@ -16,7 +16,7 @@ import tensorflow_datasets as tfds
 
 from jax_transformer.config import ConfigError, DataConfig, UserError
 from jax_transformer.data import pipeline as data
-from jax_transformer.data.stream import BucketStream
+from jax_transformer.data.stream import BucketStream, pair_features
 from jax_transformer.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 
 MULTI30K = Path(__file__).resolve().parents[1] / "data" / "multi30k"
@@ -346,6 +346,16 @@ def test_windows_smaller_than_the_split_cover_the_stream_in_order():
     assert stream.examples_read == 512 and len(seen) == 512 and stream.epoch == 1
     counts = collections.Counter(seen)
     assert set(counts) == set(range(500)) and sorted(counts.values()).count(2) == 12
+
+
+def test_pairs_left_out_are_counted_and_still_read():
+    examples = synthetic(200)
+    fits = lambda example: None if len(example[0]) > 30 else pair_features(*example)  # noqa: E731
+    stream = BucketStream(examples, max_tokens=300, length_bucket_step=4, seed=3, encode=fits)
+    too_long = sum(len(source) > 30 for source, _ in examples)
+    assert too_long > 10 and stream.stats()["skipped"] == too_long
+    batches = take_epoch(stream)  # the epoch ends once all 200 are read, the skipped ones included
+    assert sorted(example_ids(batches)) == [i for i, (source, _) in enumerate(examples) if len(source) <= 30]
 
 
 def test_shuffling_is_deterministic_from_seed_and_epoch():

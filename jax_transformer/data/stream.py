@@ -290,9 +290,7 @@ class WindowStream(_Stream):
     def stats(self) -> dict:
         """The first window's plan (every window of a source that fits in one: every epoch): its examples, batches,
         distinct shapes (one compilation each) and share of real tokens. Reads and tokenizes that window once."""
-        indices = range(self.window)
-        read = getattr(self._source, "__getitems__", None)
-        batches = self._plan_window(read(indices) if read else [self._source[i] for i in indices], None)
+        batches = self._first_window()
         real, slots = np.sum([self._tokens(batch) for batch in batches], axis=0) if batches else (0, 0)
         return {
             "window": self.window,
@@ -301,6 +299,11 @@ class WindowStream(_Stream):
             "shapes": len({tuple(v.shape for k, v in sorted(b.items()) if k != "_read") for b in batches}),
             "padding_efficiency": float(real / max(slots, 1)),
         }
+
+    def _first_window(self) -> list[dict[str, np.ndarray]]:
+        indices = range(self.window)
+        read = getattr(self._source, "__getitems__", None)
+        return self._plan_window(read(indices) if read else [self._source[i] for i in indices], None)
 
 
 class BucketStream(WindowStream):
@@ -337,6 +340,12 @@ class BucketStream(WindowStream):
 
     def _tokens(self, batch):
         return int((batch["src"] > 0).sum() + (batch["tgt_out"] > 0).sum()), batch["src"].size + batch["tgt_out"].size
+
+    def stats(self) -> dict:
+        """`WindowStream.stats`, and `skipped`: the first window's pairs left out (a side longer than max_len)."""
+        stats = super().stats()
+        kept = sum(int((batch["src"][:, 0] > 0).sum()) for batch in self._first_window())
+        return {**stats, "skipped": stats["examples"] - kept}
 
 
 def example_lengths(examples: Sequence[tuple[np.ndarray, np.ndarray | None]]) -> np.ndarray:

@@ -104,9 +104,10 @@ class TranslationData:
             stats = self.batches.stats()
             first = "" if stats["window"] == len(train) else f" (the first window of {stats['window']:,} pairs)"
             training = (
-                f"{len(train):,} training pairs streamed ({skipped}), length buckets of data.length_bucket_step="
-                f"{cfg.length_bucket_step}: {stats['batches']:,} batches per epoch{first} in {stats['shapes']} "
-                f"shape{'s' * (stats['shapes'] != 1)}, {stats['padding_efficiency']:.1%} real tokens"
+                f"{len(train):,} training pairs streamed ({skipped}: {stats['skipped']:,}{first}), length buckets "
+                f"of data.length_bucket_step={cfg.length_bucket_step}: {stats['batches']:,} batches per epoch{first} "
+                f"in {stats['shapes']} shape{'s' * (stats['shapes'] != 1)}, {stats['padding_efficiency']:.1%} real "
+                "tokens"
             )
         valid_pairs = data_lib.load_split(cfg, cfg.valid_split)
         valid = data_lib.encode_examples(valid_pairs, self.tokenizer, None, cfg.max_source_len)
