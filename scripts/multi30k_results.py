@@ -10,7 +10,7 @@ quality from the run's validation log; draw the training curves (PNG).
 
 With --at-step S the averaged model is that of the N checkpoints up to step S (the run as if stopped there: with the
 recipe's inverse-sqrt schedule, which does not depend on train.steps, that is exactly the run with train.steps=S),
-scored and timed at S; its results go to RUN/results_atS.json. The time-to-quality figures come from this.
+scored and timed at S; its results go to RUN/results_avgN_atS.json. The time-to-quality figures come from this.
 
 With --test-curve every checkpoint the run still keeps is also scored on test2016 (beam search, no averaging), which
 gives the wall time at which a single checkpoint first passes the --target lc-tok BLEU on test2016. That is for the
@@ -141,7 +141,8 @@ def main(argv=None) -> int:
             "signatures": {k: test[f"{k}_signature"] for k in ("bleu", "lc_tok_bleu", "chrf")},
             "test_curve": curve, "curves_png": png,
         }  # fmt: skip
-        with open(os.path.join(run_dir, f"results{at}.json"), "w", encoding="utf-8") as f:
+        name = f"results_avg{args.average}{at}.json" if at else "results.json"
+        with open(os.path.join(run_dir, name), "w", encoding="utf-8") as f:
             json.dump(row, f, indent=2)
         print(json.dumps(row, indent=2))
         print("| recipe | direction | test2016 lc-tok BLEU | sacreBLEU | chrF | params | steps | time | hardware |")
