@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-import tensorflow_datasets as tfds
 
 from jax_transformer.config import ClassifyDataConfig, UserError
 from jax_transformer.data import pipeline
@@ -215,50 +214,21 @@ def padding_stats(batches: list[dict], pad_id: int) -> dict:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-class LocalLabelledText(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """The good rows of one labelled file as a TFDS dataset in array_record files: (text, label id), in file order.
-
-    Prepared once in the data cache, named by the file's content and every setting that changes what is kept (format,
-    fields, header, labels, skip_bad_rows, the row limit), so an edited file or another setting is prepared again.
-    Preparation reads the file as a stream and checks every row (`RowChecker`): bad rows stop it with one line, or are
-    skipped and reported (data.skip_bad_rows)."""
-
-    VERSION = tfds.core.Version("1.0.0")
-    code_path = None  # nothing is downloaded: no checksums file to look for (see pipeline.LocalParallelText)
-
-    def __init__(self, *, path: str, cfg: ClassifyDataConfig, labels: list[str], limit: int, data_dir: str):
-        self._path, self._cfg, self._labels, self._limit = path, cfg, labels, limit
-        if not os.path.isfile(path):
-            raise UserError(f"no data file at {path}")
-        key = [_READER_VERSION, cfg.format, cfg.text_field, cfg.label_field, cfg.header, labels, cfg.skip_bad_rows,
-               limit, pipeline.content_digest(path)]  # fmt: skip
-        digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
-        super().__init__(config=tfds.core.BuilderConfig(name=f"rows-{digest}", description=path), data_dir=data_dir,
-                         file_format="array_record")  # fmt: skip
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        features = tfds.features.FeaturesDict({"text": tfds.features.Text(), "label": np.int32})
-        return tfds.core.DatasetInfo(builder=self, features=features, disable_shuffling=True)
-
-    def _split_generators(self, dl_manager):
-        return {"train": self._generate_examples()}
-
-    def _generate_examples(self):
-        check, kept = RowChecker(self._labels, self._path, self._cfg.skip_bad_rows), 0
-        for row in iter_rows(self._path, self._cfg, self._limit):
-            example = check(row)
-            if example is not None:
-                yield kept, {"text": example[0], "label": example[1]}
-                kept += 1
-        check.finish()
-        if not kept:
-            raise UserError(f"{self._path} has no usable rows")
-
-    def _log_download_bytes(self) -> None:
-        pass
+_READER_VERSION = 2  # bump when reading or checking rows changes, so cached preparations are rebuilt
 
 
-_READER_VERSION = 1  # bump when reading or checking rows changes, so cached preparations are rebuilt
+def _good_rows(path: str, cfg: ClassifyDataConfig, labels: list[str], limit: int):
+    """The good rows of a file as {'text', 'label'} examples, read and checked as a stream (`RowChecker`): bad rows
+    stop it with one line at the end, or are skipped and reported (data.skip_bad_rows)."""
+    check, kept = RowChecker(labels, path, cfg.skip_bad_rows), 0
+    for row in iter_rows(path, cfg, limit):
+        example = check(row)
+        if example is not None:
+            yield {"text": example[0], "label": example[1]}
+            kept += 1
+    check.finish()
+    if not kept:
+        raise UserError(f"{path} has no usable rows")
 
 
 class LabelledRows:
@@ -280,16 +250,17 @@ class LabelledRows:
 
 
 def open_rows(path: str, cfg: ClassifyDataConfig, labels: list[str], limit: int = 0) -> LabelledRows:
-    """The good rows of `path`, prepared once (`LocalLabelledText`, in cfg.cache_dir or the default data cache)."""
-    data_dir = cfg.cache_dir or pipeline.default_cache_dir()
-    make = lambda: LocalLabelledText(path=path, cfg=cfg, labels=labels, limit=limit, data_dir=data_dir)  # noqa: E731
-    builder = pipeline.prepared(make)
-    return LabelledRows(builder.as_data_source(split="train"), identity=builder.builder_config.name)
-
-
-def _labels_of(path: str, cfg: ClassifyDataConfig, limit: int) -> list[str]:
-    """The sorted distinct labels of a file, read as a stream."""
-    return infer_labels(iter_rows(path, cfg, limit))
+    """The good rows of `path` (text, label id), prepared once as array_record (`pipeline.prepare_local`, in
+    cfg.cache_dir or the default data cache), named by the file's content and every setting that changes what is
+    kept (format, fields, header, labels, skip_bad_rows, the row limit): an edited file or setting is prepared again."""
+    if not os.path.isfile(path):
+        raise UserError(f"no data file at {path}")
+    key = [_READER_VERSION, cfg.format, cfg.text_field, cfg.label_field, cfg.header, labels, cfg.skip_bad_rows, limit,
+           pipeline.content_digest(path)]  # fmt: skip
+    name = f"rows-{hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]}"
+    builder = pipeline.prepare_local(cfg.cache_dir or pipeline.default_cache_dir(), "local_labelled_text", name,
+                                     {"text": "text", "label": "int32"}, _good_rows(path, cfg, labels, limit), path)
+    return LabelledRows(builder.as_data_source(split="data"), identity=name)
 
 
 class ClassificationStream(WindowStream):

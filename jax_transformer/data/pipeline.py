@@ -1,9 +1,10 @@
 """Input pipeline: TFDS sources, the vocabulary, tokenization, and the evaluation batches (§5.1).
 
 Every corpus is read through TFDS, without TensorFlow: local files (plain or gzipped text, one sentence per line, or
-TSV / JSONL, read and validated by `readers.py`) are prepared once by `LocalParallelText` into array_record files in
-a cache folder, keyed by their content, and opened with `as_data_source()` (random access, no tf.data); catalog
-datasets such as 'wmt14_translate/de-en' are opened the same way from TFDS_DATA_DIR. `open_split` gives that random
+TSV / JSONL, read and validated by `readers.py`) are prepared once (`prepare_local`: written as they are read, into
+array_record files with TFDS metadata) in a cache folder, keyed by their content, and opened with `as_data_source()`
+(random access, no tf.data); catalog datasets such as 'wmt14_translate/de-en' are opened the same way from
+TFDS_DATA_DIR. `open_split` gives that random
 access (`SplitSource`), which the streaming training input (`stream.py`: packed rows or length buckets) reads by
 index; `load_split` reads a split into memory (evaluation sets). Bad input (missing files, misaligned or
 empty lines, invalid UTF-8, absurdly long lines) raises a one-line `UserError` naming the file, the line and the fix.
@@ -22,6 +23,8 @@ import json
 import logging
 import os
 import re
+import shutil
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -36,7 +39,7 @@ from jax_transformer.data.tokenizer import Tokenizer, train_tokenizer
 
 log = logging.getLogger(__name__)
 
-_READER_VERSION = 2  # bump when reading changes, so cached preparations are rebuilt
+_READER_VERSION = 3  # bump when reading or the prepared layout changes, so cached preparations are rebuilt
 Example = tuple[np.ndarray, np.ndarray | None]  # (source ids + EOS, target ids + EOS); target None: source only
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -44,45 +47,47 @@ Example = tuple[np.ndarray, np.ndarray | None]  # (source ids + EOS, target ids 
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-class LocalParallelText(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """One split of local parallel text as a TFDS dataset in array_record files (readable without TensorFlow).
+PAIR_FEATURES = {"source": "text", "target": "text"}
 
-    The builder config name is the split plus a hash of the input files' contents, so an edited file is prepared
-    again while unchanged ones (wherever they are, whatever their modification time) are read from the cache.
-    Examples keep their line order (disable_shuffling), so evaluation outputs line up with the reference file.
-    """
 
-    VERSION = tfds.core.Version("1.0.0")
-    # TFDS looks for a download-checksums file beside the builder's module, and finding that module needs the
-    # undeclared `importlib_resources` package; nothing is downloaded here, so there is no module to look in.
-    code_path = None
+def prepare_local(data_dir: str, name: str, config_name: str, features: dict[str, str], examples, description: str):
+    """A TFDS dataset of the `examples` (dicts of `features`: 'text' or 'int32'), written once as array_record in
+    `data_dir/name/config_name/1.0.0` and opened with `tfds.builder_from_directory` (readable without TensorFlow,
+    and by TFDS or grain anywhere). The examples are written as they come, in order, one record each: memory stays
+    small whatever the size (TFDS's own builders hold up to 1 GB of records and need TensorFlow to spill more to
+    disk). `config_name` names the content (callers hash their inputs into it): a prepared directory is reused as it
+    is. The files go to a temporary folder renamed into place when complete, so an interrupted or failed preparation
+    (bad input) leaves nothing that looks prepared."""
+    from array_record.python.array_record_module import ArrayRecordWriter
 
-    def __init__(self, *, cfg: DataConfig, split: str, data_dir: str):
-        self._cfg, self._split = cfg, split
-        self._files = split_files(cfg, split)
-        self.tfds_split = re.sub(r"\W", "_", split)
-        key = [_READER_VERSION, cfg.format, cfg.src_field or cfg.src_lang, cfg.tgt_field or cfg.tgt_lang]
-        key += [content_digest(path) for path in self._files]  # by content: a copied or touched file is not new
-        digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
-        config = tfds.core.BuilderConfig(name=f"{self.tfds_split}-{digest}", description=" + ".join(self._files))
-        super().__init__(config=config, data_dir=data_dir, file_format="array_record")
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        features = tfds.features.FeaturesDict({"source": tfds.features.Text(), "target": tfds.features.Text()})
-        return tfds.core.DatasetInfo(builder=self, features=features, disable_shuffling=True)
-
-    def _split_generators(self, dl_manager):
-        return {self.tfds_split: self._generate_examples()}
-
-    def _generate_examples(self):
-        for i, (source, target) in enumerate(read_local_pairs(self._cfg, self._split)):
-            yield i, {"source": source, "target": target}
-
-    def _log_download_bytes(self) -> None:  # TFDS prints a "Downloading ..." banner; nothing is downloaded here
-        log.info("preparing %s as TFDS array_record in %s", " + ".join(self._files), self.data_dir)
-
-    def _log_download_done(self) -> None:
-        log.info("prepared %s", self.data_dir)
+    path = os.path.join(data_dir, name, config_name, "1.0.0")
+    if not os.path.isfile(os.path.join(path, "dataset_info.json")):
+        kinds = {"text": tfds.features.Text(), "int32": np.int32}
+        feature_dict = tfds.features.FeaturesDict({key: kinds[kind] for key, kind in features.items()})
+        tmp = f"{path}.incomplete-{uuid.uuid4().hex}"
+        os.makedirs(tmp)
+        log.info("preparing %s as array_record in %s", description, path)
+        try:
+            writer = ArrayRecordWriter(os.path.join(tmp, f"{name}-data.array_record-00000-of-00001"), "group_size:1")
+            count = size = 0
+            for example in examples:
+                record = feature_dict.serialize_example(example)
+                writer.write(record)
+                count, size = count + 1, size + len(record)
+            writer.close()
+            split = tfds.core.SplitInfo(name="data", shard_lengths=[count], num_bytes=size)
+            with _quiet_tfds():
+                tfds.folder_dataset.write_metadata(data_dir=tmp, features=feature_dict, split_infos=[split],
+                                                   check_data=False, description=description)  # fmt: skip
+            try:
+                os.rename(tmp, path)
+            except OSError:  # another process prepared the same content first: use its copy
+                if not os.path.isfile(os.path.join(path, "dataset_info.json")):
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    with _quiet_tfds():
+        return tfds.builder_from_directory(path)
 
 
 @contextlib.contextmanager
@@ -164,24 +169,15 @@ def open_split(cfg: DataConfig, split: str, data_dir: str | None = None) -> Spli
     if cfg.format == "tfds":
         return _open_catalog(cfg, split, data_dir or cfg.tfds_data_dir or None)
     data_dir = data_dir or cfg.cache_dir or default_cache_dir()
-    builder = prepared(lambda: LocalParallelText(cfg=cfg, split=split, data_dir=data_dir))
+    files = split_files(cfg, split)
+    key = [_READER_VERSION, cfg.format, cfg.src_field or cfg.src_lang, cfg.tgt_field or cfg.tgt_lang]
+    key += [content_digest(path) for path in files]  # by content: a copied or touched file is not new
+    config_name = f"{re.sub(r'[^A-Za-z0-9_.]', '_', split)}-{hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]}"
+    pairs = ({"source": source, "target": target} for source, target in read_local_pairs(cfg, split))
+    builder = prepare_local(data_dir, "local_parallel_text", config_name, PAIR_FEATURES, pairs, " + ".join(files))
     with _quiet_tfds():
-        source = builder.as_data_source(split=builder.tfds_split)
-    return SplitSource(source, identity=builder.builder_config.name, where=" + ".join(builder._files))
-
-
-def prepared(make):
-    """The TFDS builder `make()` of local files, prepared (once: a prepared one is reused as it is)."""
-    with _quiet_tfds():
-        builder = make()
-        if not builder.is_prepared():
-            try:
-                builder.download_and_prepare()
-            except OSError:  # another run preparing the same files may have renamed its copy into place first
-                builder = make()
-                if not builder.is_prepared():
-                    raise
-    return builder
+        source = builder.as_data_source(split="data")
+    return SplitSource(source, identity=config_name, where=" + ".join(files))
 
 
 def load_split(cfg: DataConfig, split: str, data_dir: str | None = None) -> list[tuple[str, str]]:
