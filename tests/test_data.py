@@ -80,6 +80,18 @@ def test_changed_files_are_prepared_again(tmp_path, corpus):
     assert len(list(cache.iterdir())) == 2
 
 
+def test_a_large_split_is_prepared_in_shards_read_as_one(tmp_path, corpus, monkeypatch):
+    monkeypatch.setattr(data, "SHARD_RECORDS", 3)  # a random read costs a fixed amount per record of its file
+    pairs = [(f"source {i}", f"target {i}") for i in range(8)]
+    write(corpus / "train.en", [s for s, _ in pairs])
+    write(corpus / "train.de", [t for _, t in pairs])
+    split = data.open_split(config(tmp_path), "train")
+    files = sorted(p.name for p in (tmp_path / "cache").rglob("*.array_record*"))
+    assert [f[-14:] for f in files] == ["00000-of-00003", "00001-of-00003", "00002-of-00003"]
+    assert len(split) == 8 and split.read_all() == pairs
+    assert split.__getitems__([7, 0, 4, 3]) == [pairs[7], pairs[0], pairs[4], pairs[3]]  # across the shards
+
+
 @pytest.mark.parametrize("fields", [("", ""), ("2", "0")])
 def test_tsv(tmp_path, corpus, fields):
     if fields[0]:  # column indices: no header

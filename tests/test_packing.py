@@ -19,7 +19,7 @@ from flax import nnx
 
 from jax_transformer.config import ConfigError, DataConfig, UserError, model_preset
 from jax_transformer.data import pipeline as data
-from jax_transformer.data.stream import PackedStream, packed_eval_batches
+from jax_transformer.data.stream import READ_CHUNK, BucketStream, PackedStream, packed_eval_batches
 from jax_transformer.data.tokenizer import BOS_ID, EOS_ID
 from jax_transformer.model import transformer as jm
 from tests.test_data import synthetic
@@ -121,6 +121,31 @@ def test_a_restored_stream_continues_exactly():
             PackedStream(examples, **settings).restore(state)
     with pytest.raises(UserError, match="differ from the run being resumed"):
         PackedStream(examples[:-1], max_tokens=512, pack_length=64, seed=5).restore(state)
+
+
+class BatchedReadsOnly(list):
+    """A source that refuses single reads (an array_record read costs a fixed amount per record of its file) and
+    counts its batched ones."""
+
+    def __init__(self, examples):
+        super().__init__(examples)
+        self.reads = []
+
+    def __getitem__(self, i):
+        raise AssertionError(f"record {i} read on its own")
+
+    def __getitems__(self, indices):
+        self.reads.append(len(indices))
+        return [list.__getitem__(self, i) for i in indices]
+
+
+def test_streams_read_their_source_in_batches():
+    packed = BatchedReadsOnly(synthetic(3000))
+    take(PackedStream(packed, max_tokens=512, pack_length=64, seed=5), 5)
+    assert packed.reads and set(packed.reads) == {READ_CHUNK}
+    windows = BatchedReadsOnly(synthetic(3000))
+    batches = take(BucketStream(windows, max_tokens=512, length_bucket_step=4, seed=5, window=1000), 300)
+    assert len(batches) == 300 and windows.reads.count(1000) >= 2 and set(windows.reads) == {1000}
 
 
 def test_streaming_from_a_prepared_split_tokenizes_and_skips_long_pairs(tmp_path):

@@ -214,7 +214,7 @@ def padding_stats(batches: list[dict], pad_id: int) -> dict:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-_READER_VERSION = 2  # bump when reading or checking rows changes, so cached preparations are rebuilt
+_READER_VERSION = 3  # bump when reading or checking rows changes, so cached preparations are rebuilt
 
 
 def _good_rows(path: str, cfg: ClassifyDataConfig, labels: list[str], limit: int):

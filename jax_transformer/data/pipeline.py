@@ -39,7 +39,10 @@ from jax_transformer.data.tokenizer import Tokenizer, train_tokenizer
 
 log = logging.getLogger(__name__)
 
-_READER_VERSION = 3  # bump when reading or the prepared layout changes, so cached preparations are rebuilt
+# Records per array_record file of a prepared split: a read costs a fixed ~13 ns per record of the file it reads
+# (~3 ms at this size, ~66 ms for one file of 5 million records), whatever the number of records it returns.
+SHARD_RECORDS = 262_144
+_READER_VERSION = 4  # bump when reading or the prepared layout changes, so cached preparations are rebuilt
 Example = tuple[np.ndarray, np.ndarray | None]  # (source ids + EOS, target ids + EOS); target None: source only
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -53,7 +56,8 @@ PAIR_FEATURES = {"source": "text", "target": "text"}
 def prepare_local(data_dir: str, name: str, config_name: str, features: dict[str, str], examples, description: str):
     """A TFDS dataset of the `examples` (dicts of `features`: 'text' or 'int32'), written once as array_record in
     `data_dir/name/config_name/1.0.0` and opened with `tfds.builder_from_directory` (readable without TensorFlow,
-    and by TFDS or grain anywhere). The examples are written as they come, in order, one record each: memory stays
+    and by TFDS or grain anywhere). The examples are written as they come, in order, one record each (in files of
+`SHARD_RECORDS` records, so that a random read stays cheap however large the split): memory stays
     small whatever the size (TFDS's own builders hold up to 1 GB of records and need TensorFlow to spill more to
     disk). `config_name` names the content (callers hash their inputs into it): a prepared directory is reused as it
     is. The files go to a temporary folder renamed into place when complete, so an interrupted or failed preparation
@@ -68,14 +72,23 @@ def prepare_local(data_dir: str, name: str, config_name: str, features: dict[str
         os.makedirs(tmp)
         log.info("preparing %s as array_record in %s", description, path)
         try:
-            writer = ArrayRecordWriter(os.path.join(tmp, f"{name}-data.array_record-00000-of-00001"), "group_size:1")
-            count = size = 0
+            lengths, size, writer = [], 0, None
             for example in examples:
+                if writer is None or lengths[-1] == SHARD_RECORDS:
+                    if writer is not None:
+                        writer.close()
+                    writer = ArrayRecordWriter(os.path.join(tmp, f"shard-{len(lengths)}"), "group_size:1")
+                    lengths.append(0)
                 record = feature_dict.serialize_example(example)
                 writer.write(record)
-                count, size = count + 1, size + len(record)
+                lengths[-1], size = lengths[-1] + 1, size + len(record)
+            if writer is None:  # no examples: one empty shard
+                writer, lengths = ArrayRecordWriter(os.path.join(tmp, "shard-0"), "group_size:1"), [0]
             writer.close()
-            split = tfds.core.SplitInfo(name="data", shard_lengths=[count], num_bytes=size)
+            for i in range(len(lengths)):  # TFDS's file names: NAME-SPLIT.array_record-0000i-of-0000n
+                os.rename(os.path.join(tmp, f"shard-{i}"),
+                          os.path.join(tmp, f"{name}-data.array_record-{i:05d}-of-{len(lengths):05d}"))  # fmt: skip
+            split = tfds.core.SplitInfo(name="data", shard_lengths=lengths, num_bytes=size)
             with _quiet_tfds():
                 tfds.folder_dataset.write_metadata(data_dir=tmp, features=feature_dict, split_infos=[split],
                                                    check_data=False, description=description)  # fmt: skip
