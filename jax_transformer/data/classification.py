@@ -246,8 +246,6 @@ class LabelledRows:
     def __getitems__(self, indices) -> list[tuple[str, int]]:
         return [(r["text"].decode("utf-8"), int(r["label"])) for r in self.records.__getitems__(list(indices))]
 
-    _getitems = __getitems__  # grain's name for batched reads
-
 
 def open_rows(path: str, cfg: ClassifyDataConfig, labels: list[str], limit: int = 0) -> LabelledRows:
     """The good rows of `path` (text, label id), prepared once as array_record (`pipeline.prepare_local`, in
