@@ -300,7 +300,9 @@ class WindowStream(_Stream):
     def stats(self) -> dict:
         """The first window's plan (every window of a source that fits in one: every epoch): its examples, batches,
         distinct shapes (one compilation each) and share of real tokens. Reads and tokenizes that window once."""
-        batches = self._first_window()
+        return self._window_stats(self._first_window())
+
+    def _window_stats(self, batches: list[dict[str, np.ndarray]]) -> dict:
         real, slots = np.sum([self._tokens(batch) for batch in batches], axis=0) if batches else (0, 0)
         return {
             "window": self.window,
@@ -349,10 +351,10 @@ class BucketStream(WindowStream):
     def _tokens(self, batch):
         return int((batch["src"] > 0).sum() + (batch["tgt_out"] > 0).sum()), batch["src"].size + batch["tgt_out"].size
 
-    def stats(self) -> dict:
+    def _window_stats(self, batches):
         """`WindowStream.stats`, and `skipped`: the first window's pairs left out (a side longer than max_len)."""
-        stats = super().stats()
-        kept = sum(int((batch["src"][:, 0] > 0).sum()) for batch in self._first_window())
+        stats = super()._window_stats(batches)
+        kept = sum(int((batch["src"][:, 0] > 0).sum()) for batch in batches)
         return {**stats, "skipped": stats["examples"] - kept}
 
 
