@@ -4,10 +4,10 @@ Every corpus is read through TFDS, without TensorFlow: local files (plain or gzi
 TSV / JSONL, read and validated by `readers.py`) are prepared once (`prepare_local`: written as they are read, into
 array_record files with TFDS metadata) in a cache folder, keyed by their content, and opened with `as_data_source()`
 (random access, no tf.data); catalog datasets such as 'wmt14_translate/de-en' are opened the same way from
-TFDS_DATA_DIR. `open_split` gives that random
-access (`SplitSource`), which the streaming training input (`stream.py`: packed rows or length buckets) reads by
-index; `load_split` reads a split into memory (evaluation sets). Bad input (missing files, misaligned or
-empty lines, invalid UTF-8, absurdly long lines) raises a one-line `UserError` naming the file, the line and the fix.
+TFDS_DATA_DIR. `open_split` gives that random access (`SplitSource`), which the streaming training input
+(`stream.py`: packed rows or length buckets) reads by index; `load_split` reads a split into memory (evaluation
+sets). Bad input (missing files, misaligned or empty lines, invalid UTF-8, absurdly long lines) raises a one-line
+`UserError` naming the file, the line and the fix.
 
 Batching follows §5.1: "Sentence pairs were batched together by approximate sequence length. Each training batch
 contained a set of sentence pairs containing approximately 25000 source tokens and 25000 target tokens." Here the
@@ -57,10 +57,10 @@ def prepare_local(data_dir: str, name: str, config_name: str, features: dict[str
     """A TFDS dataset of the `examples` (dicts of `features`: 'text' or 'int32'), written once as array_record in
     `data_dir/name/config_name/1.0.0` and opened with `tfds.builder_from_directory` (readable without TensorFlow,
     and by TFDS or grain anywhere). The examples are written as they come, in order, one record each (in files of
-`SHARD_RECORDS` records, so that a random read stays cheap however large the split): memory stays
-    small whatever the size (TFDS's own builders hold up to 1 GB of records and need TensorFlow to spill more to
-    disk). `config_name` names the content (callers hash their inputs into it): a prepared directory is reused as it
-    is. The files go to a temporary folder renamed into place when complete, so an interrupted or failed preparation
+    `SHARD_RECORDS` records, so that a random read stays cheap however large the split): memory stays small whatever
+    the size (TFDS's own builders hold up to 1 GB of records and need TensorFlow to spill more to disk).
+    `config_name` names the content (callers hash their inputs into it): a prepared directory is reused as it is.
+    The files go to a temporary folder renamed into place when complete, so an interrupted or failed preparation
     (bad input) leaves nothing that looks prepared."""
     from array_record.python.array_record_module import ArrayRecordWriter
 
@@ -72,18 +72,15 @@ def prepare_local(data_dir: str, name: str, config_name: str, features: dict[str
         os.makedirs(tmp)
         log.info("preparing %s as array_record in %s", description, path)
         try:
-            lengths, size, writer = [], 0, None
+            shard = lambda i: ArrayRecordWriter(os.path.join(tmp, f"shard-{i}"), "group_size:1")  # noqa: E731
+            writer, lengths, size = shard(0), [0], 0  # no examples: one empty shard
             for example in examples:
-                if writer is None or lengths[-1] == SHARD_RECORDS:
-                    if writer is not None:
-                        writer.close()
-                    writer = ArrayRecordWriter(os.path.join(tmp, f"shard-{len(lengths)}"), "group_size:1")
-                    lengths.append(0)
+                if lengths[-1] == SHARD_RECORDS:
+                    writer.close()
+                    writer, lengths = shard(len(lengths)), [*lengths, 0]
                 record = feature_dict.serialize_example(example)
                 writer.write(record)
                 lengths[-1], size = lengths[-1] + 1, size + len(record)
-            if writer is None:  # no examples: one empty shard
-                writer, lengths = ArrayRecordWriter(os.path.join(tmp, "shard-0"), "group_size:1"), [0]
             writer.close()
             for i in range(len(lengths)):  # TFDS's file names: NAME-SPLIT.array_record-0000i-of-0000n
                 os.rename(os.path.join(tmp, f"shard-{i}"),
