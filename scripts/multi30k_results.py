@@ -11,6 +11,7 @@ quality from the run's validation log; draw the training curves (PNG).
 With --at-step S the averaged model is that of the N checkpoints up to step S (the run as if stopped there: with the
 recipe's inverse-sqrt schedule, which does not depend on train.steps, that is exactly the run with train.steps=S),
 scored and timed at S; its results go to RUN/results_avgN_atS.json. The time-to-quality figures come from this.
+The default (the last 10, the whole run) writes RUN/results.json; any other --average N writes RUN/results_avgN.json.
 
 With --test-curve every checkpoint the run still keeps is also scored on test2016 (beam search, no averaging), which
 gives the wall time at which a single checkpoint first passes the --target lc-tok BLEU on test2016. That is for the
@@ -141,7 +142,8 @@ def main(argv=None) -> int:
             "signatures": {k: test[f"{k}_signature"] for k in ("bleu", "lc_tok_bleu", "chrf")},
             "test_curve": curve, "curves_png": png,
         }  # fmt: skip
-        name = f"results_avg{args.average}{at}.json" if at else "results.json"
+        default = not at and args.average == parser.get_default("average")  # other averages keep their own file
+        name = "results.json" if default else f"results_avg{args.average}{at}.json"
         with open(os.path.join(run_dir, name), "w", encoding="utf-8") as f:
             json.dump(row, f, indent=2)
         print(json.dumps(row, indent=2))
