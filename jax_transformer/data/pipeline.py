@@ -71,13 +71,17 @@ def prepare_local(data_dir: str, name: str, config_name: str, features: dict[str
         tmp = f"{path}.incomplete-{uuid.uuid4().hex}"
         os.makedirs(tmp)
         log.info("preparing %s as array_record in %s", description, path)
+
+        def shard(i):
+            return ArrayRecordWriter(os.path.join(tmp, f"shard-{i}"), "group_size:1")
+
         try:
-            shard = lambda i: ArrayRecordWriter(os.path.join(tmp, f"shard-{i}"), "group_size:1")  # noqa: E731
             writer, lengths, size = shard(0), [0], 0  # no examples: one empty shard
             for example in examples:
                 if lengths[-1] == SHARD_RECORDS:
                     writer.close()
-                    writer, lengths = shard(len(lengths)), [*lengths, 0]
+                    writer = shard(len(lengths))
+                    lengths.append(0)
                 record = feature_dict.serialize_example(example)
                 writer.write(record)
                 lengths[-1], size = lengths[-1] + 1, size + len(record)
