@@ -232,6 +232,9 @@ class TrainConfig:
     weight_decay: float = 0.0  # > 0: AdamW (decoupled weight decay)
     clip_grad_norm: float = 0.0  # global-norm clipping threshold; 0 disables
     label_smoothing: float = 0.1  # §5.4: eps_ls
+    # > 0: R-Drop (Liang et al. 2021): each batch runs twice under different dropout masks; the loss is the mean of
+    # the two label-smoothed losses + alpha * their symmetric KL divergence, per target token (twice the compute)
+    rdrop_alpha: float = 0.0
     grad_accum_steps: int = 1  # batches summed into one update
     log_every: int = 100
     eval_every: int = 1000  # validation loss; 0 disables
@@ -255,6 +258,7 @@ class TrainConfig:
         )
         _require(self.clip_grad_norm >= 0, f"train.clip_grad_norm must be >= 0, got {self.clip_grad_norm}")
         _require(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        _require(self.rdrop_alpha >= 0, f"train.rdrop_alpha must be >= 0, got {self.rdrop_alpha}")
         _require(self.schedule != "noam" or self.warmup_steps > 0, "train.schedule='noam' needs train.warmup_steps > 0")
 
 

@@ -17,7 +17,7 @@ from jax_transformer.config import Config, DataConfig, TrainConfig, UserError, m
 from jax_transformer.data.tokenizer import Tokenizer
 from jax_transformer.decode.search import greedy_search
 from jax_transformer.model.transformer import Transformer
-from jax_transformer.tasks.translation import label_smoothed_cross_entropy, train, translation_steps
+from jax_transformer.tasks.translation import label_smoothed_cross_entropy, rdrop_loss, train, translation_steps
 from jax_transformer.train.checkpoint import Checkpointer
 from jax_transformer.train.loop import TrainingInterrupted
 from jax_transformer.train.optimizer import learning_rate_schedule
@@ -55,6 +55,29 @@ def test_label_smoothed_loss_equals_reference(smoothing):
     assert float(tokens) == np.sum(targets != pad)
     np.testing.assert_allclose(float(loss), ref_loss, rtol=1e-5)
     np.testing.assert_allclose(float(nll), ref_nll, rtol=1e-5)
+
+
+def test_rdrop_loss_equals_reference():
+    rng = np.random.default_rng(2)
+    vocab, pad, alpha = 11, 0, 2.0
+    logits, other = (rng.normal(size=(3, 5, vocab)).astype(np.float32) for _ in range(2))
+    targets = rng.integers(1, vocab, size=(3, 5))
+    targets[1, 2:] = pad
+    loss, nll, tokens, kl = rdrop_loss(jnp.asarray(logits), jnp.asarray(other), jnp.asarray(targets), pad, 0.1, alpha)
+
+    softmax = lambda x: np.exp(x) / np.exp(x).sum(-1, keepdims=True)
+    p, q = softmax(logits.astype(np.float64)), softmax(other.astype(np.float64))
+    per_token = 0.5 * (np.sum(p * np.log(p / q), -1) + np.sum(q * np.log(q / p), -1))  # (KL(p||q) + KL(q||p)) / 2
+    ref_kl = np.sum(per_token * (targets != pad))
+    halves = [label_smoothed_cross_entropy(jnp.asarray(x), jnp.asarray(targets), pad, 0.1) for x in (logits, other)]
+    np.testing.assert_allclose(float(kl), ref_kl, rtol=1e-5)
+    np.testing.assert_allclose(float(loss), 0.5 * (float(halves[0][0]) + float(halves[1][0])) + alpha * ref_kl, rtol=1e-5)
+    np.testing.assert_allclose(float(nll), 0.5 * (float(halves[0][1]) + float(halves[1][1])), rtol=1e-5)
+    assert float(tokens) == np.sum(targets != pad)
+    # padding positions count for nothing: other predictions there change no sum
+    other[targets == pad] = rng.normal(size=(int(np.sum(targets == pad)), vocab))
+    again = rdrop_loss(jnp.asarray(logits), jnp.asarray(other), jnp.asarray(targets), pad, 0.1, alpha)
+    np.testing.assert_array_equal(np.asarray(again), np.asarray((loss, nll, tokens, kl)))
 
 
 def test_noam_schedule_equals_formula():
@@ -117,6 +140,29 @@ def test_gradient_accumulation_equals_one_big_batch():
     accumulated, _ = steps.apply_accumulated(state, acc)
     for x, y in zip(jax.tree.leaves(big["params"]), jax.tree.leaves(accumulated["params"]), strict=True):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6)
+
+
+def test_rdrop_step_adds_alpha_times_a_positive_kl_and_without_dropout_is_the_plain_loss():
+    rng = np.random.default_rng(3)
+    batch = {k: rng.integers(1, 16, size=(4, 6)).astype(np.int32) for k in ("src", "tgt_in", "tgt_out")}
+    batch["tgt_out"][1, 4:] = 0  # padding
+    losses, kls = [], []
+    for alpha in (1.0, 2.0, 3.0):  # same weights, batch and dropout masks: only alpha changes
+        steps, state = _steps(TrainConfig(rdrop_alpha=alpha), dropout=0.3)
+        _, metrics = steps.train_step(state, batch)
+        losses.append(float(metrics["loss"]))
+        kls.append(float(metrics["kl"]))
+    assert kls[0] > 1e-6  # the two passes drew different masks, so their predictions differ
+    np.testing.assert_allclose(kls, kls[0], rtol=1e-6)
+    np.testing.assert_allclose(np.diff(losses), kls[0], rtol=1e-4)
+    # without dropout the two passes agree: no KL, and the loss is the one-pass loss
+    steps, state = _steps(TrainConfig(rdrop_alpha=1.0), dropout=0.0)
+    _, rdrop = steps.train_step(state, batch)
+    steps, state = _steps(TrainConfig(), dropout=0.0)
+    _, plain = steps.train_step(state, batch)
+    assert abs(float(rdrop["kl"])) < 1e-6
+    np.testing.assert_allclose(float(rdrop["loss"]), float(plain["loss"]), rtol=1e-6)
+    np.testing.assert_allclose(float(rdrop["grad_norm"]), float(plain["grad_norm"]), rtol=1e-5)
 
 
 def test_non_finite_update_is_skipped_and_reported():

@@ -35,7 +35,7 @@ from jax_transformer.train import sharding
 from jax_transformer.train.checkpoint import Checkpointer
 from jax_transformer.train.loop import fit, say
 from jax_transformer.train.optimizer import layer_lr_scales, learning_rate_schedule, make_optimizer
-from jax_transformer.train.steps import Steps, reseed_dropout
+from jax_transformer.train.steps import Steps, reseed_dropout, symmetric_kl
 
 
 def load_tokenizer(name_or_dir: str):
@@ -91,9 +91,7 @@ def classification_steps(config: ClassifyConfig, model: EncoderClassifier, total
             reseed_dropout(model, jax.random.fold_in(key, 1))
             other = model(batch["ids"])
             losses = 0.5 * (losses + optax.softmax_cross_entropy_with_integer_labels(other, batch["labels"]))
-            logp, logq = jax.nn.log_softmax(logits), jax.nn.log_softmax(other)
-            kl = optax.losses.kl_divergence_with_log_targets  # (log q, log p) -> KL(p || q)
-            losses = losses + rdrop_alpha * 0.5 * (kl(logq, logp) + kl(logp, logq))
+            losses = losses + rdrop_alpha * symmetric_kl(logits, other)
         weights = batch["weights"]  # 0 for padding rows
         loss = jnp.sum(losses * weights)
         correct = jnp.sum((jnp.argmax(logits, -1) == batch["labels"]) * weights)

@@ -24,7 +24,7 @@ from jax_transformer.model.transformer import Transformer
 from jax_transformer.train import sharding
 from jax_transformer.train.loop import fit, say
 from jax_transformer.train.optimizer import learning_rate_schedule, make_optimizer
-from jax_transformer.train.steps import Steps, sum_metrics
+from jax_transformer.train.steps import Steps, reseed_dropout, sum_metrics, symmetric_kl
 
 
 def label_smoothed_cross_entropy(logits, targets, pad_id: int, smoothing: float):
@@ -50,22 +50,44 @@ def label_smoothed_cross_entropy(logits, targets, pad_id: int, smoothing: float)
     return jnp.sum(loss * weights), jnp.sum(-target_log_prob * weights), jnp.sum(weights)
 
 
+def rdrop_loss(logits, other, targets, pad_id: int, smoothing: float, alpha: float):
+    """R-Drop (Liang et al. 2021): `logits` and `other` are two predictions of one batch under different dropout
+    masks. Per target token, the mean of their label-smoothed losses + alpha x their symmetric KL divergence.
+
+    logits, other: (batch, len, vocab) fp32; targets: (batch, len). Returns sums (loss, nll, tokens, kl) over the
+    non-padding positions: nll is the mean of the two predictions', kl the summed symmetric KL (before alpha)."""
+    loss_a, nll_a, tokens = label_smoothed_cross_entropy(logits, targets, pad_id, smoothing)
+    loss_b, nll_b, _ = label_smoothed_cross_entropy(other, targets, pad_id, smoothing)
+    weights = (targets != pad_id).astype(jnp.float32)
+    kl = jnp.sum(symmetric_kl(logits, other) * weights)
+    return 0.5 * (loss_a + loss_b) + alpha * kl, 0.5 * (nll_a + nll_b), tokens, kl
+
+
 PACKING_KEYS = ("src_segments", "tgt_segments", "src_positions", "tgt_positions")
 
 
 def translation_steps(config: Config, model: Transformer, mesh=None) -> Steps:
-    """The engine's steps for a translation model: label-smoothed loss, gradient averaged over target tokens."""
-    pad_id, smoothing = config.model.pad_id, config.train.label_smoothing
+    """The engine's steps for a translation model: label-smoothed loss (with R-Drop when train.rdrop_alpha > 0),
+    gradient averaged over target tokens."""
+    pad_id, smoothing, rdrop_alpha = config.model.pad_id, config.train.label_smoothing, config.train.rdrop_alpha
+
+    def forward(model, batch):
+        packing = {name: batch[name] for name in PACKING_KEYS if name in batch}  # packed rows (data.pack_length)
+        return model(batch["src"], batch["tgt_in"], **packing)  # (batch, tgt_len, vocab)
 
     def sums(model, batch):
-        packing = {name: batch[name] for name in PACKING_KEYS if name in batch}  # packed rows (data.pack_length)
-        logits = model(batch["src"], batch["tgt_in"], **packing)  # (batch, tgt_len, vocab)
-        loss, nll, tokens = label_smoothed_cross_entropy(logits, batch["tgt_out"], pad_id, smoothing)
+        loss, nll, tokens = label_smoothed_cross_entropy(forward(model, batch), batch["tgt_out"], pad_id, smoothing)
         return {"loss": loss, "nll": nll, "tokens": tokens}
 
     def loss_fn(model, batch, key):
-        out = sums(model, batch)
-        return out["loss"], out
+        if rdrop_alpha == 0:
+            out = sums(model, batch)
+            return out["loss"], out
+        logits = forward(model, batch)
+        reseed_dropout(model, jax.random.fold_in(key, 1))  # the same batch again, under other dropout masks
+        other = forward(model, batch)
+        loss, nll, tokens, kl = rdrop_loss(logits, other, batch["tgt_out"], pad_id, smoothing, rdrop_alpha)
+        return loss, {"loss": loss, "nll": nll, "tokens": tokens, "kl": kl}
 
     tx = make_optimizer(config.train, config.model.d_model)
     schedule = learning_rate_schedule(config.train, config.model.d_model)
@@ -179,7 +201,9 @@ class TranslationTask:
         return self.steps, nnx.state(model, nnx.Param)
 
     def describe(self, num_params: int) -> str:
-        return f"model: {num_params:,} parameters; training to step {self.total_steps:,}"
+        rdrop = self.config.train.rdrop_alpha
+        return (f"model: {num_params:,} parameters; training to step {self.total_steps:,}"
+                + (f", R-Drop alpha {rdrop} (two passes per batch)" if rdrop else ""))  # fmt: skip
 
     def real_tokens(self, batch) -> int:
         pad = self.config.model.pad_id
@@ -187,7 +211,10 @@ class TranslationTask:
 
     def train_metrics(self, total: dict) -> dict:
         tokens = max(total["tokens"], 1.0)
-        return {"loss": total["loss"] / tokens, "nll": total["nll"] / tokens}
+        metrics = {"loss": total["loss"] / tokens, "nll": total["nll"] / tokens}
+        if "kl" in total:  # R-Drop: the symmetric KL between the two passes, per target token
+            metrics["kl"] = total["kl"] / tokens
+        return metrics
 
     def evaluate(self, state: dict, step: int) -> dict:
         """Validation loss (every eval) and greedy BLEU (every `bleu_every` steps; 0: every eval); for summaries
