@@ -71,7 +71,8 @@ def test_rdrop_loss_equals_reference():
     ref_kl = np.sum(per_token * (targets != pad))
     halves = [label_smoothed_cross_entropy(jnp.asarray(x), jnp.asarray(targets), pad, 0.1) for x in (logits, other)]
     np.testing.assert_allclose(float(kl), ref_kl, rtol=1e-5)
-    np.testing.assert_allclose(float(loss), 0.5 * (float(halves[0][0]) + float(halves[1][0])) + alpha * ref_kl, rtol=1e-5)
+    mean_loss = 0.5 * (float(halves[0][0]) + float(halves[1][0]))
+    np.testing.assert_allclose(float(loss), mean_loss + alpha * ref_kl, rtol=1e-5)
     np.testing.assert_allclose(float(nll), 0.5 * (float(halves[0][1]) + float(halves[1][1])), rtol=1e-5)
     assert float(tokens) == np.sum(targets != pad)
     # padding positions count for nothing: other predictions there change no sum

@@ -1,0 +1,127 @@
+"""The ablation table of a set of Multi30k runs: one row per arm (several seeds), each against a baseline arm.
+
+  python scripts/ablation_table.py RUNS --baseline baseline
+  python scripts/ablation_table.py RUNS --baseline baseline --results results_avg5.json
+
+RUNS/ARM/SEED/ are run directories trained and scored by `scripts/multi30k_results.py ... run_dir=RUNS/ARM/SEED`
+(each holds config.json, metrics.jsonl and the results file). The `change` column is the difference between the
+arm's config.json and the baseline's, so a row says what was changed, whatever its folder is called; the seed and
+settings that do not change the trained weights (logging, in-loop BLEU, the run directory, the mesh) are left out.
+Each row gives the val lc-tok BLEU of every seed, their mean and range, the mean's difference from the baseline's
+mean, the mean final validation perplexity, the mean test2016 lc-tok BLEU (reported: choose on val only) and the
+mean training minutes. Prints a Markdown table; exits 1 with one line on a missing or unscored run.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+
+class AblationError(Exception):
+    """A missing, unscored or inconsistent run: one line for the user."""
+
+
+IGNORED = {"name", "run_dir", "seed", "mesh", "train.log_every", "train.bleu_every", "train.bleu_max_sentences"}
+
+
+def flatten(config: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def settings(config: dict) -> dict:
+    return {k: v for k, v in flatten(config).items() if k not in IGNORED and k.split(".")[0] not in IGNORED}
+
+
+def read_run(run_dir: str, results_name: str) -> dict:
+    """Config, results and final validation perplexity of one scored run; AblationError if incomplete."""
+    paths = {name: os.path.join(run_dir, name) for name in ("config.json", results_name, "metrics.jsonl")}
+    for name, path in paths.items():
+        if not os.path.exists(path):
+            hint = "train and score it with scripts/multi30k_results.py" if name != "config.json" else "not a run"
+            raise AblationError(f"{path} is missing ({hint})")
+    with open(paths["config.json"], encoding="utf-8") as f:
+        config = json.load(f)
+    with open(paths[results_name], encoding="utf-8") as f:
+        results = json.load(f)
+    ppl = None
+    with open(paths["metrics.jsonl"], encoding="utf-8") as f:
+        for line in f:
+            record = json.loads(line)
+            if record.get("kind") == "valid" and "ppl" in record:
+                ppl = record["ppl"]  # the last one
+    return {"settings": settings(config), "results": results, "ppl": ppl}
+
+
+def describe_change(arm: dict, baseline: dict) -> str:
+    keys = sorted(set(arm) | set(baseline))
+    diff = [f"{k}={arm.get(k)!r}" for k in keys if arm.get(k) != baseline.get(k)]
+    return " ".join(diff) if diff else "(none)"
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def table(runs_root: str, baseline: str, results_name: str) -> str:
+    arms = sorted(d for d in os.listdir(runs_root) if os.path.isdir(os.path.join(runs_root, d)))
+    if baseline not in arms:
+        raise AblationError(f"no baseline arm {baseline!r} in {runs_root} (arms: {', '.join(arms) or 'none'})")
+    data = {}
+    for arm in arms:
+        folder = os.path.join(runs_root, arm)
+        seeds = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
+        if not seeds:
+            raise AblationError(f"{folder} holds no run directories (expected {folder}/SEED/)")
+        data[arm] = [read_run(os.path.join(folder, seed), results_name) for seed in seeds]
+    base_settings = data[baseline][0]["settings"]
+    base_val = mean([r["results"]["val_lc_tok_bleu"] for r in data[baseline]])
+    rows = [
+        "| arm | change against the baseline | seeds | val lc-tok BLEU per seed | val mean (range) "
+        "| val mean - baseline | val ppl | test2016 lc-tok mean | minutes |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for arm in [baseline] + [a for a in arms if a != baseline]:
+        runs = data[arm]
+        changes = {describe_change(r["settings"], base_settings) for r in runs}
+        if len(changes) > 1:
+            raise AblationError(f"the seeds of arm {arm!r} differ in more than the seed: {sorted(changes)}")
+        val = [r["results"]["val_lc_tok_bleu"] for r in runs]
+        test = [r["results"]["test2016_lc_tok_bleu"] for r in runs]
+        ppl = [r["ppl"] for r in runs if r["ppl"] is not None]
+        minutes = [r["results"]["train_minutes"] for r in runs if r["results"].get("train_minutes") is not None]
+        change = "-" if arm == baseline else changes.pop()
+        delta = "" if arm == baseline else f"{mean(val) - base_val:+.2f}"
+        rows.append(
+            f"| {arm} | {change} | {len(runs)} | {' / '.join(f'{v:.2f}' for v in val)} | "
+            f"{mean(val):.2f} ({max(val) - min(val):.2f}) | {delta} | {f'{mean(ppl):.2f}' if ppl else ''} | "
+            f"{mean(test):.2f} | {f'{mean(minutes):.1f}' if minutes else ''} |"
+        )
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", help="folder of arms: RUNS/ARM/SEED/ run directories")
+    parser.add_argument("--baseline", required=True, help="the arm every other is compared with")
+    parser.add_argument("--results", default="results.json", help="results file of each run (results_avgN.json)")
+    args = parser.parse_args(argv)
+    if not os.path.isdir(args.runs):
+        print(f"error: {args.runs} is not a folder", file=sys.stderr)
+        return 1
+    try:
+        print(table(args.runs, args.baseline, args.results))
+    except AblationError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""scripts/ablation_table.py: rows from scored runs, the change read from the configs, one line for a bad run."""
+
+import importlib.util
+import json
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+spec = importlib.util.spec_from_file_location("ablation_table", os.path.join(ROOT, "scripts", "ablation_table.py"))
+ablation_table = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ablation_table)
+
+
+def _run(folder, seed, val, test, ppl, attention_dropout=0.0, bleu_every=500):
+    os.makedirs(folder)
+    config = {"name": "x", "run_dir": str(folder), "seed": seed, "mesh": {"data": -1},
+              "model": {"dropout": 0.3, "attention_dropout": attention_dropout},
+              "train": {"steps": 4300, "bleu_every": bleu_every}}  # fmt: skip
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(config, f)
+    with open(os.path.join(folder, "results.json"), "w") as f:
+        json.dump({"val_lc_tok_bleu": val, "test2016_lc_tok_bleu": test, "train_minutes": 50.0 + seed}, f)
+    with open(os.path.join(folder, "metrics.jsonl"), "w") as f:
+        f.write(json.dumps({"kind": "valid", "step": 100, "ppl": ppl + 1}) + "\n")
+        f.write(json.dumps({"kind": "train", "step": 150, "loss": 1.0}) + "\n")
+        f.write(json.dumps({"kind": "valid", "step": 200, "ppl": ppl}) + "\n")
+
+
+def test_rows_give_each_seed_the_mean_range_and_the_change_from_the_configs(tmp_path, capsys):
+    _run(tmp_path / "base" / "s0", 0, 40.0, 39.0, 5.0)
+    _run(tmp_path / "base" / "s1", 1, 41.0, 39.5, 4.8, bleu_every=100000)  # in-loop BLEU is no change
+    _run(tmp_path / "attn" / "s0", 0, 41.5, 40.0, 4.9, attention_dropout=0.1)
+    _run(tmp_path / "attn" / "s1", 1, 42.5, 40.5, 4.7, attention_dropout=0.1)
+    assert ablation_table.main([str(tmp_path), "--baseline", "base"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4
+    assert lines[2] == "| base | - | 2 | 40.00 / 41.00 | 40.50 (1.00) |  | 4.90 | 39.25 | 50.5 |"
+    assert lines[3] == (
+        "| attn | model.attention_dropout=0.1 | 2 | 41.50 / 42.50 | 42.00 (1.00) | +1.50 | 4.80 | 40.25 | 50.5 |"
+    )
+
+
+def test_an_unscored_run_or_seeds_that_differ_give_one_line(tmp_path, capsys):
+    _run(tmp_path / "base" / "s0", 0, 40.0, 39.0, 5.0)
+    _run(tmp_path / "mixed" / "s0", 0, 40.0, 39.0, 5.0, attention_dropout=0.1)
+    _run(tmp_path / "mixed" / "s1", 1, 40.0, 39.0, 5.0, attention_dropout=0.2)
+    assert ablation_table.main([str(tmp_path), "--baseline", "base"]) == 1
+    assert "differ in more than the seed" in capsys.readouterr().err
+    assert ablation_table.main([str(tmp_path), "--baseline", "nope"]) == 1
+    assert "no baseline arm 'nope'" in capsys.readouterr().err
+    os.remove(tmp_path / "base" / "s0" / "results.json")
+    assert ablation_table.main([str(tmp_path), "--baseline", "base"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "results.json is missing" in err and "multi30k_results.py" in err
