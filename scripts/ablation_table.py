@@ -8,8 +8,9 @@ RUNS/ARM/SEED/ are run directories trained and scored by `scripts/multi30k_resul
 arm's config.json and the baseline's, so a row says what was changed, whatever its folder is called; the seed and
 settings that do not change the trained weights (logging, in-loop BLEU, the run directory, the mesh) are left out.
 Each row gives the val lc-tok BLEU of every seed, their mean and range, the mean's difference from the baseline's
-mean, the mean final validation perplexity, the mean test2016 lc-tok BLEU (reported: choose on val only) and the
-mean training minutes. Prints a Markdown table; exits 1 with one line on a missing or unscored run.
+mean, the mean perplexity of the last in-loop validation (the trained weights, not averaged; blank unless every
+seed has one), the mean test2016 lc-tok BLEU (reported: choose on val only) and the mean training minutes. Prints a
+Markdown table; exits 1 with one line on a missing, damaged or unscored run.
 """
 
 import argparse
@@ -22,6 +23,7 @@ class AblationError(Exception):
     """A missing, unscored or inconsistent run: one line for the user."""
 
 
+RESULT_KEYS = ("val_lc_tok_bleu", "test2016_lc_tok_bleu")
 IGNORED = {"name", "run_dir", "seed", "mesh", "train.log_every", "train.bleu_every", "train.bleu_max_sentences"}
 
 
@@ -39,24 +41,28 @@ def settings(config: dict) -> dict:
     return {k: v for k, v in flatten(config).items() if k not in IGNORED and k.split(".")[0] not in IGNORED}
 
 
+def read_json(path: str, lines: bool = False):
+    """A JSON file (lines=True: one JSON value per line, as metrics.jsonl); AblationError if it is damaged."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()] if lines else json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise AblationError(f"{path} is damaged ({err}); score the run again with scripts/multi30k_results.py") from err
+
+
 def read_run(run_dir: str, results_name: str) -> dict:
-    """Config, results and final validation perplexity of one scored run; AblationError if incomplete."""
+    """Settings, results and last in-loop validation perplexity of one scored run; AblationError if incomplete."""
     paths = {name: os.path.join(run_dir, name) for name in ("config.json", results_name, "metrics.jsonl")}
     for name, path in paths.items():
         if not os.path.exists(path):
             hint = "train and score it with scripts/multi30k_results.py" if name != "config.json" else "not a run"
             raise AblationError(f"{path} is missing ({hint})")
-    with open(paths["config.json"], encoding="utf-8") as f:
-        config = json.load(f)
-    with open(paths[results_name], encoding="utf-8") as f:
-        results = json.load(f)
-    ppl = None
-    with open(paths["metrics.jsonl"], encoding="utf-8") as f:
-        for line in f:
-            record = json.loads(line)
-            if record.get("kind") == "valid" and "ppl" in record:
-                ppl = record["ppl"]  # the last one
-    return {"settings": settings(config), "results": results, "ppl": ppl}
+    config, results = read_json(paths["config.json"]), read_json(paths[results_name])
+    for key in RESULT_KEYS:
+        if not isinstance(results.get(key), (int, float)):
+            raise AblationError(f"{paths[results_name]} has no {key}; score the run with scripts/multi30k_results.py")
+    ppl = [r["ppl"] for r in read_json(paths["metrics.jsonl"], lines=True) if r.get("kind") == "valid" and "ppl" in r]
+    return {"settings": settings(config), "results": results, "ppl": ppl[-1] if ppl else None}
 
 
 def describe_change(arm: dict, baseline: dict) -> str:
@@ -84,7 +90,7 @@ def table(runs_root: str, baseline: str, results_name: str) -> str:
     base_val = mean([r["results"]["val_lc_tok_bleu"] for r in data[baseline]])
     rows = [
         "| arm | change against the baseline | seeds | val lc-tok BLEU per seed | val mean (range) "
-        "| val mean - baseline | val ppl | test2016 lc-tok mean | minutes |",
+        "| val mean - baseline | last in-loop val ppl | test2016 lc-tok mean | minutes |",
         "|---|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     for arm in [baseline] + [a for a in arms if a != baseline]:
@@ -94,14 +100,15 @@ def table(runs_root: str, baseline: str, results_name: str) -> str:
             raise AblationError(f"the seeds of arm {arm!r} differ in more than the seed: {sorted(changes)}")
         val = [r["results"]["val_lc_tok_bleu"] for r in runs]
         test = [r["results"]["test2016_lc_tok_bleu"] for r in runs]
-        ppl = [r["ppl"] for r in runs if r["ppl"] is not None]
-        minutes = [r["results"]["train_minutes"] for r in runs if r["results"].get("train_minutes") is not None]
+        ppl, minutes = [r["ppl"] for r in runs], [r["results"].get("train_minutes") for r in runs]
+        ppl_cell = f"{mean(ppl):.2f}" if None not in ppl else ""
+        minutes_cell = f"{mean(minutes):.1f}" if None not in minutes else ""
         change = "-" if arm == baseline else changes.pop()
         delta = "" if arm == baseline else f"{mean(val) - base_val:+.2f}"
         rows.append(
             f"| {arm} | {change} | {len(runs)} | {' / '.join(f'{v:.2f}' for v in val)} | "
-            f"{mean(val):.2f} ({max(val) - min(val):.2f}) | {delta} | {f'{mean(ppl):.2f}' if ppl else ''} | "
-            f"{mean(test):.2f} | {f'{mean(minutes):.1f}' if minutes else ''} |"
+            f"{mean(val):.2f} ({max(val) - min(val):.2f}) | {delta} | {ppl_cell} | "
+            f"{mean(test):.2f} | {minutes_cell} |"
         )
     return "\n".join(rows)
 

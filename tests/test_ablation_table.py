@@ -16,9 +16,9 @@ def _run(folder, seed, val, test, ppl, attention_dropout=0.0, bleu_every=500):
               "model": {"dropout": 0.3, "attention_dropout": attention_dropout},
               "train": {"steps": 4300, "bleu_every": bleu_every}}  # fmt: skip
     with open(os.path.join(folder, "config.json"), "w") as f:
-        json.dump(config, f)
+        json.dump(config, f, indent=2)  # as the real files: one value over many lines
     with open(os.path.join(folder, "results.json"), "w") as f:
-        json.dump({"val_lc_tok_bleu": val, "test2016_lc_tok_bleu": test, "train_minutes": 50.0 + seed}, f)
+        json.dump({"val_lc_tok_bleu": val, "test2016_lc_tok_bleu": test, "train_minutes": 50.0 + seed}, f, indent=2)
     with open(os.path.join(folder, "metrics.jsonl"), "w") as f:
         f.write(json.dumps({"kind": "valid", "step": 100, "ppl": ppl + 1}) + "\n")
         f.write(json.dumps({"kind": "train", "step": 150, "loss": 1.0}) + "\n")
@@ -47,6 +47,15 @@ def test_an_unscored_run_or_seeds_that_differ_give_one_line(tmp_path, capsys):
     assert "differ in more than the seed" in capsys.readouterr().err
     assert ablation_table.main([str(tmp_path), "--baseline", "nope"]) == 1
     assert "no baseline arm 'nope'" in capsys.readouterr().err
+    with open(tmp_path / "base" / "s0" / "results.json", "w") as f:
+        f.write('{"val_lc_tok_bleu": 40.0, "test2016_lc')  # cut short by a killed job
+    assert ablation_table.main([str(tmp_path), "--baseline", "base"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "results.json is damaged" in err
+    with open(tmp_path / "base" / "s0" / "results.json", "w") as f:
+        f.write('{"val_lc_tok_bleu": 40.0}')
+    assert ablation_table.main([str(tmp_path), "--baseline", "base"]) == 1
+    assert "has no test2016_lc_tok_bleu" in capsys.readouterr().err
     os.remove(tmp_path / "base" / "s0" / "results.json")
     assert ablation_table.main([str(tmp_path), "--baseline", "base"]) == 1
     err = capsys.readouterr().err

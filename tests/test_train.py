@@ -120,7 +120,8 @@ def test_tiny_model_overfits_a_copy_task():
     assert np.mean(np.asarray(out)[:, :9] == batch["tgt_out"]) >= 0.99
 
 
-def test_gradient_accumulation_equals_one_big_batch():
+@pytest.mark.parametrize("rdrop_alpha", [0.0, 1.0])
+def test_gradient_accumulation_equals_one_big_batch(rdrop_alpha):
     rng = np.random.default_rng(1)
     make = lambda n: {
         "src": rng.integers(1, 16, size=(n, 6)).astype(np.int32),
@@ -132,7 +133,7 @@ def test_gradient_accumulation_equals_one_big_batch():
     both = {k: np.concatenate([a[k], b[k]]) for k in a}
     # adam_eps=1 makes the first Adam update ~ lr * gradient: Adam's usual g / |g| would turn float rounding in
     # near-zero gradients into sign flips, which says nothing about accumulation.
-    cfg = TrainConfig(schedule="constant", learning_rate=1.0, warmup_steps=0, adam_eps=1.0)
+    cfg = TrainConfig(schedule="constant", learning_rate=1.0, warmup_steps=0, adam_eps=1.0, rdrop_alpha=rdrop_alpha)
     steps, state = _steps(cfg, dropout=0.0)
     big, _ = steps.train_step(jax.tree.map(jnp.copy, state), both)
     acc = steps.zero_accumulator(state["params"], a)

@@ -80,14 +80,14 @@ def translation_steps(config: Config, model: Transformer, mesh=None) -> Steps:
         return {"loss": loss, "nll": nll, "tokens": tokens}
 
     def loss_fn(model, batch, key):
-        if rdrop_alpha == 0:
-            out = sums(model, batch)
-            return out["loss"], out
-        logits = forward(model, batch)
-        reseed_dropout(model, jax.random.fold_in(key, 1))  # the same batch again, under other dropout masks
-        other = forward(model, batch)
-        loss, nll, tokens, kl = rdrop_loss(logits, other, batch["tgt_out"], pad_id, smoothing, rdrop_alpha)
-        return loss, {"loss": loss, "nll": nll, "tokens": tokens, "kl": kl}
+        if rdrop_alpha > 0:
+            logits = forward(model, batch)
+            reseed_dropout(model, jax.random.fold_in(key, 1))  # the same batch again, under other dropout masks
+            other = forward(model, batch)
+            loss, nll, tokens, kl = rdrop_loss(logits, other, batch["tgt_out"], pad_id, smoothing, rdrop_alpha)
+            return loss, {"loss": loss, "nll": nll, "tokens": tokens, "kl": kl}
+        out = sums(model, batch)
+        return out["loss"], out
 
     tx = make_optimizer(config.train, config.model.d_model)
     schedule = learning_rate_schedule(config.train, config.model.d_model)
