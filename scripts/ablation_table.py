@@ -18,6 +18,8 @@ import json
 import os
 import sys
 
+from jax_transformer.train.run_log import read_metrics
+
 
 class AblationError(Exception):
     """A missing, unscored or inconsistent run: one line for the user."""
@@ -41,13 +43,19 @@ def settings(config: dict) -> dict:
     return {k: v for k, v in flatten(config).items() if k not in IGNORED and k.split(".")[0] not in IGNORED}
 
 
-def read_json(path: str, lines: bool = False):
-    """A JSON file (lines=True: one JSON value per line, as metrics.jsonl); AblationError if it is damaged."""
+DAMAGED = (json.JSONDecodeError, UnicodeDecodeError)
+
+
+def damaged(path: str, err: Exception) -> AblationError:
+    return AblationError(f"{path} is damaged ({err}); score the run again with scripts/multi30k_results.py")
+
+
+def read_json(path: str):
     try:
         with open(path, encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()] if lines else json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise AblationError(f"{path} is damaged ({err}); score the run again with scripts/multi30k_results.py") from err
+            return json.load(f)
+    except DAMAGED as err:
+        raise damaged(path, err) from err
 
 
 def read_run(run_dir: str, results_name: str) -> dict:
@@ -61,7 +69,11 @@ def read_run(run_dir: str, results_name: str) -> dict:
     for key in RESULT_KEYS:
         if not isinstance(results.get(key), (int, float)):
             raise AblationError(f"{paths[results_name]} has no {key}; score the run with scripts/multi30k_results.py")
-    ppl = [r["ppl"] for r in read_json(paths["metrics.jsonl"], lines=True) if r.get("kind") == "valid" and "ppl" in r]
+    try:
+        records = read_metrics(run_dir)
+    except DAMAGED as err:
+        raise damaged(paths["metrics.jsonl"], err) from err
+    ppl = [r["ppl"] for r in records if r.get("kind") == "valid" and "ppl" in r]
     return {"settings": settings(config), "results": results, "ppl": ppl[-1] if ppl else None}
 
 

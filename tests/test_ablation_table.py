@@ -56,6 +56,13 @@ def test_an_unscored_run_or_seeds_that_differ_give_one_line(tmp_path, capsys):
         f.write('{"val_lc_tok_bleu": 40.0}')
     assert ablation_table.main([str(tmp_path), "--baseline", "base"]) == 1
     assert "has no test2016_lc_tok_bleu" in capsys.readouterr().err
+    with open(tmp_path / "base" / "s0" / "results.json", "w") as f:
+        json.dump({"val_lc_tok_bleu": 40.0, "test2016_lc_tok_bleu": 39.0}, f)
+    with open(tmp_path / "base" / "s0" / "metrics.jsonl", "a") as f:
+        f.write('{"kind": "valid", "step": 300, "pp')  # a log cut short
+    assert ablation_table.main([str(tmp_path), "--baseline", "base"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "metrics.jsonl is damaged" in err
     os.remove(tmp_path / "base" / "s0" / "results.json")
     assert ablation_table.main([str(tmp_path), "--baseline", "base"]) == 1
     err = capsys.readouterr().err
