@@ -2,6 +2,7 @@
 
   python scripts/ablation_table.py RUNS --baseline baseline
   python scripts/ablation_table.py RUNS --baseline baseline --results results_avg5.json
+  python scripts/ablation_table.py RUNS --baseline baseline --partial   # while some runs are still training
 
 RUNS/ARM/SEED/ are run directories trained and scored by `scripts/multi30k_results.py ... run_dir=RUNS/ARM/SEED`
 (each holds config.json, metrics.jsonl and the results file). The `change` column is the difference between the
@@ -87,17 +88,23 @@ def mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
-def table(runs_root: str, baseline: str, results_name: str) -> str:
+def table(runs_root: str, baseline: str, results_name: str, partial: bool = False) -> str:
     arms = sorted(d for d in os.listdir(runs_root) if os.path.isdir(os.path.join(runs_root, d)))
     if baseline not in arms:
         raise AblationError(f"no baseline arm {baseline!r} in {runs_root} (arms: {', '.join(arms) or 'none'})")
-    data = {}
+    data, unfinished = {}, []
     for arm in arms:
         folder = os.path.join(runs_root, arm)
         seeds = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
         if not seeds:
             raise AblationError(f"{folder} holds no run directories (expected {folder}/SEED/)")
-        data[arm] = [read_run(os.path.join(folder, seed), results_name) for seed in seeds]
+        if partial:  # runs still training (no results file yet) are listed under the table instead
+            unfinished += [f"{arm}/{s}" for s in seeds if not os.path.exists(os.path.join(folder, s, results_name))]
+            seeds = [s for s in seeds if os.path.exists(os.path.join(folder, s, results_name))]
+        if seeds:
+            data[arm] = [read_run(os.path.join(folder, seed), results_name) for seed in seeds]
+    if baseline not in data:
+        raise AblationError(f"no run of the baseline arm {baseline!r} is scored yet")
     base_settings = data[baseline][0]["settings"]
     base_val = mean([r["results"]["val_lc_tok_bleu"] for r in data[baseline]])
     rows = [
@@ -105,7 +112,7 @@ def table(runs_root: str, baseline: str, results_name: str) -> str:
         "| val mean - baseline | last in-loop val ppl | test2016 lc-tok mean | minutes |",
         "|---|---|---:|---|---:|---:|---:|---:|---:|",
     ]
-    for arm in [baseline] + [a for a in arms if a != baseline]:
+    for arm in [baseline] + [a for a in data if a != baseline]:
         runs = data[arm]
         changes = {describe_change(r["settings"], base_settings) for r in runs}
         if len(changes) > 1:
@@ -122,6 +129,8 @@ def table(runs_root: str, baseline: str, results_name: str) -> str:
             f"{mean(val):.2f} ({max(val) - min(val):.2f}) | {delta} | {ppl_cell} | "
             f"{mean(test):.2f} | {minutes_cell} |"
         )
+    if unfinished:
+        rows.append(f"\nnot scored yet (left out): {', '.join(unfinished)}")
     return "\n".join(rows)
 
 
@@ -130,12 +139,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", help="folder of arms: RUNS/ARM/SEED/ run directories")
     parser.add_argument("--baseline", required=True, help="the arm every other is compared with")
     parser.add_argument("--results", default="results.json", help="results file of each run (results_avgN.json)")
+    parser.add_argument("--partial", action="store_true",
+                        help="leave out runs without a results file (still training) and list them under the table")
     args = parser.parse_args(argv)
     if not os.path.isdir(args.runs):
         print(f"error: {args.runs} is not a folder", file=sys.stderr)
         return 1
     try:
-        print(table(args.runs, args.baseline, args.results))
+        print(table(args.runs, args.baseline, args.results, args.partial))
     except AblationError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

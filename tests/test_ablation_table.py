@@ -67,3 +67,24 @@ def test_an_unscored_run_or_seeds_that_differ_give_one_line(tmp_path, capsys):
     assert ablation_table.main([str(tmp_path), "--baseline", "base"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "results.json is missing" in err and "multi30k_results.py" in err
+
+
+def test_partial_leaves_out_runs_still_training_and_lists_them(tmp_path, capsys):
+    _run(tmp_path / "base" / "s0", 0, 40.0, 39.0, 5.0)
+    _run(tmp_path / "base" / "s1", 1, 41.0, 39.5, 4.8)
+    _run(tmp_path / "attn" / "s0", 0, 41.5, 40.0, 4.9, attention_dropout=0.1)
+    _run(tmp_path / "attn" / "s1", 1, 42.5, 40.5, 4.7, attention_dropout=0.1)
+    _run(tmp_path / "ffn" / "s0", 0, 39.0, 38.0, 5.1, attention_dropout=0.2)
+    for unfinished in ("base/s1", "attn/s1", "ffn/s0"):
+        os.remove(tmp_path / unfinished / "results.json")
+    assert ablation_table.main([str(tmp_path), "--baseline", "base"]) == 1  # without --partial: an error
+    assert "results.json is missing" in capsys.readouterr().err
+    assert ablation_table.main([str(tmp_path), "--baseline", "base", "--partial"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[2] == "| base | - | 1 | 40.00 | 40.00 (0.00) |  | 5.00 | 39.00 | 50.0 |"
+    assert lines[3] == "| attn | model.attention_dropout=0.1 | 1 | 41.50 | 41.50 (0.00) | +1.50 | 4.90 | 40.00 | 50.0 |"
+    assert not any(line.startswith("| ffn") for line in lines)  # no scored seed: no row
+    assert lines[-1] == "not scored yet (left out): attn/s1, base/s1, ffn/s0"
+    os.remove(tmp_path / "base" / "s0" / "results.json")
+    assert ablation_table.main([str(tmp_path), "--baseline", "base", "--partial"]) == 1
+    assert "no run of the baseline arm 'base' is scored yet" in capsys.readouterr().err
