@@ -19,6 +19,7 @@ import json
 import os
 import sys
 
+from jax_transformer.config import Config, ConfigError
 from jax_transformer.train.run_log import read_metrics
 
 
@@ -66,7 +67,11 @@ def read_run(run_dir: str, results_name: str) -> dict:
         if not os.path.exists(path):
             hint = "train and score it with scripts/multi30k_results.py" if name != "config.json" else "not a run"
             raise AblationError(f"{path} is missing ({hint})")
-    config, results = read_json(paths["config.json"]), read_json(paths[results_name])
+    try:  # through the typed config: a key an older run's config.json lacks reads as its default
+        config = Config.load(paths["config.json"]).to_dict()
+    except ConfigError as err:
+        raise AblationError(f"{paths['config.json']}: {err}") from err
+    results = read_json(paths[results_name])
     for key in RESULT_KEYS:
         if not isinstance(results.get(key), (int, float)):
             raise AblationError(f"{paths[results_name]} has no {key}; score the run with scripts/multi30k_results.py")

@@ -88,3 +88,27 @@ def test_partial_leaves_out_runs_still_training_and_lists_them(tmp_path, capsys)
     os.remove(tmp_path / "base" / "s0" / "results.json")
     assert ablation_table.main([str(tmp_path), "--baseline", "base", "--partial"]) == 1
     assert "no run of the baseline arm 'base' is scored yet" in capsys.readouterr().err
+
+
+def test_a_key_an_older_config_lacks_reads_as_its_default(tmp_path, capsys):
+    _run(tmp_path / "base" / "s0", 0, 40.0, 39.0, 5.0)
+    _run(tmp_path / "base" / "s1", 1, 41.0, 39.5, 4.8)
+    path = tmp_path / "base" / "s0" / "config.json"
+    with open(path) as f:
+        config = json.load(f)
+    del config["model"]["attention_dropout"]  # written before the key existed; its default is 0.0
+    with open(path, "w") as f:
+        json.dump(config, f)
+    assert ablation_table.main([str(tmp_path), "--baseline", "base"]) == 0
+    assert capsys.readouterr().out.splitlines()[2].startswith("| base | - | 2 |")
+    config["model"]["attention_dropout"] = 0.1  # now it differs from its other seed
+    with open(path, "w") as f:
+        json.dump(config, f)
+    assert ablation_table.main([str(tmp_path), "--baseline", "base"]) == 1
+    assert "differ in more than the seed" in capsys.readouterr().err
+    config["model"]["attention_drop"] = 0.1  # not a config key: one line
+    with open(path, "w") as f:
+        json.dump(config, f)
+    assert ablation_table.main([str(tmp_path), "--baseline", "base"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown config key model.attention_drop" in err
