@@ -10,8 +10,9 @@ arm's config.json and the baseline's, so a row says what was changed, whatever i
 settings that do not change the trained weights (logging, in-loop BLEU, the run directory, the mesh) are left out.
 Each row gives the val lc-tok BLEU of every seed, their mean and range, the mean's difference from the baseline's
 mean, the mean perplexity of the last in-loop validation (the trained weights, not averaged; blank unless every
-seed has one), the mean test2016 lc-tok BLEU (reported: choose on val only) and the mean training minutes. Prints a
-Markdown table; exits 1 with one line on a missing, damaged or unscored run.
+seed has one), the mean test2016 lc-tok BLEU (reported: choose on val only) and each seed's training minutes (not
+averaged: runs that shared the machine are slower). Prints a Markdown table; exits 1 with one line on a missing,
+damaged or unscored run.
 """
 
 import argparse
@@ -114,7 +115,7 @@ def table(runs_root: str, baseline: str, results_name: str, partial: bool = Fals
     base_val = mean([r["results"]["val_lc_tok_bleu"] for r in data[baseline]])
     rows = [
         "| arm | change against the baseline | seeds | val lc-tok BLEU per seed | val mean (range) "
-        "| val mean - baseline | last in-loop val ppl | test2016 lc-tok mean | minutes |",
+        "| val mean - baseline | last in-loop val ppl | test2016 lc-tok mean | minutes per seed |",
         "|---|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     for arm in [baseline] + [a for a in data if a != baseline]:
@@ -126,7 +127,7 @@ def table(runs_root: str, baseline: str, results_name: str, partial: bool = Fals
         test = [r["results"]["test2016_lc_tok_bleu"] for r in runs]
         ppl, minutes = [r["ppl"] for r in runs], [r["results"].get("train_minutes") for r in runs]
         ppl_cell = f"{mean(ppl):.2f}" if None not in ppl else ""
-        minutes_cell = f"{mean(minutes):.1f}" if None not in minutes else ""
+        minutes_cell = " / ".join("" if m is None else f"{m:.1f}" for m in minutes)  # runs may share the machine
         change = "-" if arm == baseline else changes.pop()
         delta = "" if arm == baseline else f"{mean(val) - base_val:+.2f}"
         rows.append(

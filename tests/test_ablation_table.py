@@ -33,9 +33,9 @@ def test_rows_give_each_seed_the_mean_range_and_the_change_from_the_configs(tmp_
     assert ablation_table.main([str(tmp_path), "--baseline", "base"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 4
-    assert lines[2] == "| base | - | 2 | 40.00 / 41.00 | 40.50 (1.00) |  | 4.90 | 39.25 | 50.5 |"
+    assert lines[2] == "| base | - | 2 | 40.00 / 41.00 | 40.50 (1.00) |  | 4.90 | 39.25 | 50.0 / 51.0 |"
     assert lines[3] == (
-        "| attn | model.attention_dropout=0.1 | 2 | 41.50 / 42.50 | 42.00 (1.00) | +1.50 | 4.80 | 40.25 | 50.5 |"
+        "| attn | model.attention_dropout=0.1 | 2 | 41.50 / 42.50 | 42.00 (1.00) | +1.50 | 4.80 | 40.25 | 50.0 / 51.0 |"
     )
 
 
