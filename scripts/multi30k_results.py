@@ -147,10 +147,13 @@ def main(argv=None) -> int:
         with open(os.path.join(run_dir, name), "w", encoding="utf-8") as f:
             json.dump(row, f, indent=2)
         print(json.dumps(row, indent=2))
-        print("| recipe | direction | val lc-tok BLEU | test2016 lc-tok BLEU | sacreBLEU | chrF | params | steps | time | hardware |")
         print(
-            f"| {row['recipe']} | {row['direction']} | {row['val_lc_tok_bleu']:.2f} | {test['lc_tok_bleu']:.2f} | {test['bleu']:.2f} | "
-            f"{test['chrf']:.2f} | {params / 1e6:.2f}M | {last_step:,} (avg last {len(steps)}) | "
+            "| recipe | direction | val lc-tok BLEU | test2016 lc-tok BLEU | sacreBLEU | chrF | params | steps | time "
+            "| hardware |"
+        )
+        print(
+            f"| {row['recipe']} | {row['direction']} | {row['val_lc_tok_bleu']:.2f} | {test['lc_tok_bleu']:.2f} | "
+            f"{test['bleu']:.2f} | {test['chrf']:.2f} | {params / 1e6:.2f}M | {last_step:,} (avg last {len(steps)}) | "
             f"{total_minutes:.0f} min | {row['hardware']} |"
         )
 
