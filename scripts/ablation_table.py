@@ -105,8 +105,9 @@ def table(runs_root: str, baseline: str, results_name: str, partial: bool = Fals
         if not seeds:
             raise AblationError(f"{folder} holds no run directories (expected {folder}/SEED/)")
         if partial:  # runs still training (no results file yet) are listed under the table instead
-            unfinished += [f"{arm}/{s}" for s in seeds if not os.path.exists(os.path.join(folder, s, results_name))]
-            seeds = [s for s in seeds if os.path.exists(os.path.join(folder, s, results_name))]
+            scored = [s for s in seeds if os.path.exists(os.path.join(folder, s, results_name))]
+            unfinished += [f"{arm}/{s}" for s in seeds if s not in scored]
+            seeds = scored
         if seeds:
             data[arm] = [read_run(os.path.join(folder, seed), results_name) for seed in seeds]
     if baseline not in data:
