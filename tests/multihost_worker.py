@@ -17,13 +17,14 @@ if __name__ == "__main__":  # (the test imports run_config from here: then JAX i
 
 import dataclasses  # noqa: E402
 import json  # noqa: E402
+import signal  # noqa: E402
 import time  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from jax_transformer.config import Config, DataConfig, MeshConfig, TrainConfig, model_preset  # noqa: E402
+from jax_transformer.config import Config, DataConfig, MeshConfig, TrainConfig, UserError, model_preset  # noqa: E402
 from jax_transformer.model.transformer import Transformer  # noqa: E402
 from jax_transformer.tasks.translation import translation_steps  # noqa: E402
 from jax_transformer.train import sharding  # noqa: E402
@@ -213,6 +214,23 @@ def streaming_mode(out: str, mesh_cfg: MeshConfig, pid: int) -> None:
     except TrainingInterrupted:
         pass
     train(packed("stream_crashed"))
+    # SIGTERM to process 0 alone, while it reads update 3's batch: both processes stop at the next log step (4)
+    original, reads = Steps.shard_local_batch, [0]
+
+    def read(self, batch, *args):
+        reads[0] += 1
+        if pid == 0 and reads[0] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, batch, *args)
+
+    Steps.shard_local_batch = read
+    try:
+        train(packed("stream_stopped"))
+        stopped = "not stopped"
+    except UserError as e:
+        stopped = str(e)
+    Steps.shard_local_batch = original
+    train(packed("stream_stopped"))
     data = TranslationData(packed("stream_straight"))
     stream = data.batches
     batches = [batch for _, batch in zip(range(30), stream, strict=False)]  # > 1 epoch of this process's share
@@ -225,7 +243,8 @@ def streaming_mode(out: str, mesh_cfg: MeshConfig, pid: int) -> None:
     encoded = data_lib.encode_examples(text[pid::2], data.tokenizer, cfg.max_len)
     expected = {(tuple(s.tolist()), tuple(t.tolist())) for s, t in encoded.examples}
     result = {"data_shard": list(sharding.data_shard(mesh_cfg)), "rows": int(batches[0]["src"].shape[0]),
-              "share": stream.share, "pairs": sorted(pairs), "expected": sorted(expected)}  # fmt: skip
+              "share": stream.share, "pairs": sorted(pairs), "expected": sorted(expected),
+              "stopped": stopped}  # fmt: skip
     with open(os.path.join(out, f"stream{pid}.json"), "w") as f:
         json.dump(result, f)
 

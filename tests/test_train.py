@@ -4,6 +4,7 @@ import dataclasses
 import gzip
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -21,6 +22,7 @@ from jax_transformer.tasks.translation import label_smoothed_cross_entropy, rdro
 from jax_transformer.train.checkpoint import Checkpointer
 from jax_transformer.train.loop import TrainingInterrupted
 from jax_transformer.train.optimizer import learning_rate_schedule
+from jax_transformer.train.steps import Steps
 from tests.copy_task import BOS, EOS, token_accuracy, train_copy_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -240,6 +242,61 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(corpus, tmp_path, pack
     assert len(leaves_a) == len(leaves_b) > 10
     for x, y in zip(leaves_a, leaves_b, strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))  # bitwise: XLA on CPU is deterministic
+
+
+@pytest.mark.parametrize("accum, signalled_read", [(1, 7), (2, 5)], ids=["one_batch", "accumulated"])
+def test_sigterm_mid_update_stops_after_it_and_resumes_bit_identically(corpus, tmp_path, monkeypatch, accum,
+                                                                       signalled_read):  # fmt: skip
+    """SIGTERM arrives while a batch is being read (as a signal may, at any moment): the update under way completes,
+    its checkpoint is saved, the run stops with one line; re-run, it ends bit-identical to an uninterrupted run.
+    With gradient accumulation the signal comes between an update's two batches."""
+    straight = _config(corpus, tmp_path / "straight", 40, grad_accum_steps=accum)
+    train(straight)
+    reads, handler_before = {"n": 0}, signal.getsignal(signal.SIGTERM)
+
+    def signalling(original):
+        def read(self, batch, *args):
+            reads["n"] += 1
+            if reads["n"] == signalled_read:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return original(self, batch, *args)
+
+        return read
+
+    for name in ("shard_batch", "shard_local_batch"):
+        monkeypatch.setattr(Steps, name, signalling(getattr(Steps, name)))
+    stopped = _config(corpus, tmp_path / "stopped", 40, grad_accum_steps=accum)
+    stop_step = (signalled_read - 1) // accum + 1  # the update the signalled batch belongs to
+    with pytest.raises(UserError, match=f"interrupted at step {stop_step}: checkpoint saved"):
+        train(stopped)
+    assert signal.getsignal(signal.SIGTERM) is handler_before  # the handlers are put back
+    assert Checkpointer(str(tmp_path / "stopped" / "checkpoints"), read_only=True).latest_step() == stop_step
+    monkeypatch.undo()
+    train(stopped)
+    a = Checkpointer(str(tmp_path / "straight" / "checkpoints"), read_only=True).restore_arrays(12)
+    b = Checkpointer(str(tmp_path / "stopped" / "checkpoints"), read_only=True).restore_arrays(12)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_a_second_ctrl_c_stops_mid_update_without_saving(corpus, tmp_path, monkeypatch):
+    """Ctrl-C twice while update 7's batch is read: the second stops at once; nothing half-applied is saved, and the
+    message names the checkpoint a re-run resumes from (step 4, the last saved)."""
+    original = Steps.shard_local_batch
+    reads = {"n": 0}
+
+    def read(self, batch, *args):
+        reads["n"] += 1
+        if reads["n"] == 7:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, batch, *args)
+
+    monkeypatch.setattr(Steps, "shard_local_batch", read)
+    config = _config(corpus, tmp_path / "run", 40)
+    with pytest.raises(UserError, match="interrupted during update 7, not saved; .* resumes from step 4"):
+        train(config)
+    assert Checkpointer(str(tmp_path / "run" / "checkpoints"), read_only=True).all_steps() == [4]
 
 
 def test_extending_a_finished_run_equals_a_longer_run_and_records_the_change(corpus, tmp_path):

@@ -120,8 +120,36 @@ def restore_data_position(batches, saved: dict) -> None:
     batches.restore(saved)
 
 
-def _sigterm_as_interrupt(signum, frame):
-    raise KeyboardInterrupt
+class StopRequest:
+    """SIGTERM or Ctrl-C while training asks the loop to stop after the update under way; the loop then saves a
+    checkpoint and stops, so that a resumed run is bit-identical to an uninterrupted one. (Raising at the signal
+    would break into an update half-way: its batch read but not applied, the state's buffers donated to a computation
+    whose result is never assigned.) A second Ctrl-C stops at once. Handlers can only be installed from the main
+    thread; elsewhere Ctrl-C raises KeyboardInterrupt as usual."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+        if main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def agreed(self, at_log_step: bool) -> bool:
+        """Whether to stop now. One process: as soon as it was asked. Several: all must stop at the same update (they
+        write the checkpoint together), so they agree at log steps, where the loop waits for the devices anyway, and
+        stop if any of them was asked."""
+        if jax.process_count() == 1:
+            return self.requested
+        return at_log_step and any(sharding.allgather_json(self.requested))
+
+    def uninstall(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
 
 def fit(task, *, crash_at_step: int | None = None) -> dict:
@@ -185,9 +213,19 @@ def fit(task, *, crash_at_step: int | None = None) -> dict:
         meta = {"data": data_position(task.batches), "step": step, "metrics": evaluated or {}}
         checkpoints.save(step, state, meta, metrics={tcfg.best_metric: evaluated[tcfg.best_metric]} if ranked else None)
 
-    previous_handler = signal.signal(signal.SIGTERM, _sigterm_as_interrupt) if main_thread() else None
+    saved_step, updating = None, False  # updating: a batch has been read and its update not yet applied
+
+    def stopped():
+        """Save (unless this step was just saved) and say so; after a completed update only."""
+        progress.close()
+        if saved_step != step:
+            save()
+        return UserError(f"interrupted at step {step}: checkpoint saved; run the same command again to resume")
+
+    stop = StopRequest()
     try:
         while step < total_steps:
+            updating = True
             if tcfg.grad_accum_steps == 1:
                 state, metrics = steps.train_step(state, next_batch())
             else:
@@ -199,12 +237,14 @@ def fit(task, *, crash_at_step: int | None = None) -> dict:
                         batch = next_batch()
                 state, metrics = steps.apply_accumulated(state, acc)
             step += 1
+            updating = False
             pending.append(metrics)
             progress.update(1)
             if crash_at_step is not None and step == crash_at_step:
                 raise TrainingInterrupted(step)
 
-            if step % tcfg.log_every == 0 or step == total_steps:
+            at_log_step = step % tcfg.log_every == 0 or step == total_steps
+            if at_log_step:
                 bad_step = int(state["nonfinite_step"])
                 if bad_step >= 0:
                     raise UserError(
@@ -236,13 +276,19 @@ def fit(task, *, crash_at_step: int | None = None) -> dict:
                 say(f"step {step} validation: {shown} ({time.time() - started:.1f}s)")
             if evaluated is not None or (tcfg.save_every and step % tcfg.save_every == 0) or step == total_steps:
                 save(evaluated)
-    except KeyboardInterrupt:
-        progress.close()
-        save()
-        raise UserError(f"interrupted at step {step}: checkpoint saved; run the same command again to resume") from None
+                saved_step = step
+            if step < total_steps and stop.agreed(at_log_step):
+                raise stopped()
+    except KeyboardInterrupt:  # a second Ctrl-C, or Ctrl-C where no handler could be installed
+        if not updating:
+            raise stopped() from None
+        kept = checkpoints.latest_step()
+        resume = f"resumes from step {kept}" if kept is not None else "starts from step 0"
+        raise UserError(
+            f"interrupted during update {step + 1}, not saved; running the same command again {resume}"
+        ) from None
     finally:
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, previous_handler)
+        stop.uninstall()
         progress.close()
         log.close()
     result = task.finish({"step": step, **last, "parameters": num_params}, checkpoints)
