@@ -9,12 +9,12 @@ import datetime
 import os
 import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+from jax_transformer.machine import available_cores, cpu_model  # noqa: E402, F401 (used by the bench scripts)
 from jax_transformer.train.host_memory import describe as malloc_line  # noqa: E402
 from jax_transformer.train.host_memory import keep_freed_memory  # noqa: E402
 
@@ -22,33 +22,6 @@ from jax_transformer.train.host_memory import keep_freed_memory  # noqa: E402
 # defaults, unless JAX_TRANSFORMER_MALLOC=keep asks for `keep_freed_memory` (it speeds up our step and torch_ref's and
 # slows HF Marian's under bf16 autocast; docs/benchmarks.md shows both).
 keep_freed_memory(default=False)
-
-
-def available_cores() -> int:
-    """Cores this process may run on (the affinity mask, e.g. under taskset), else os.cpu_count()."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def cpu_model() -> str:
-    """`lscpu`'s 'Model name' (falling back to /proc/cpuinfo, then platform.processor())."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, check=False).stdout
-        for line in out.splitlines():
-            if line.strip().startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def cpu_features(names=("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")) -> list[str]:

@@ -21,20 +21,8 @@ report only: nothing is selected on test2016 (the recipe, beam and alpha were ch
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
-    except OSError:
-        pass
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 
 def score_split(translator, split: str, data_dir: str, decode) -> dict:
@@ -84,6 +72,7 @@ def main(argv=None) -> int:
     from jax_transformer.cli import run_cli
 
     def run():
+        from jax_transformer import machine
         from jax_transformer.cli.average import average_run
         from jax_transformer.config import load_config_file
         from jax_transformer.decode.translator import load_translator
@@ -138,7 +127,7 @@ def main(argv=None) -> int:
             f"minutes_to_val_greedy_lc_tok_{args.target:g}": round(reached_val[1], 1) if reached_val else None,
             f"minutes_to_test_beam_lc_tok_{args.target:g}": (
                 round(reached_test["minutes"], 1) if reached_test and reached_test["minutes"] else None),
-            "beam": config.decode.beam_size, "alpha": config.decode.alpha, "hardware": cpu_name(),
+            "beam": config.decode.beam_size, "alpha": config.decode.alpha, "hardware": machine.describe(),
             "signatures": {k: test[f"{k}_signature"] for k in ("bleu", "lc_tok_bleu", "chrf")},
             "test_curve": curve, "curves_png": png,
         }  # fmt: skip

@@ -42,6 +42,7 @@ import numpy as np
 
 from jax_transformer.config import Config, ModelConfig, UserError
 from jax_transformer.interop.torch_convert import to_state_dict
+from jax_transformer.machine import available_cores
 
 CONFIG_NAME = "jax_transformer_config.json"  # our config, beside CTranslate2's own config.json
 QUANTIZATIONS = ("float32", "int8", "int16", "int8_float32", "float16", "bfloat16", "int8_float16", "int8_bfloat16")
@@ -166,14 +167,6 @@ def save_ct2(model, config: Config, tokenizer, out_dir: str, quantization: str =
     tokenizer.save(os.path.join(out_dir, "spm.model"))
 
 
-def cpu_threads() -> int:
-    """The cores this process may run on (CTranslate2's intra-op threads; its default is min(4, all cores))."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 class CT2Translator:
     """A CTranslate2 model with our tokenizer and config: `translate` takes the same arguments as
     `decode.translator.Translator.translate`, so `translate` and `evaluate` switch engine by directory."""
@@ -185,8 +178,9 @@ class CT2Translator:
         self.config = Config.load(os.path.join(path, CONFIG_NAME))
         self.tokenizer = Tokenizer.load(os.path.join(path, "spm.model"))
         try:
+            threads = threads or available_cores()
             self.model = ctranslate2.Translator(path, device="cpu", compute_type=compute_type,
-                                                inter_threads=1, intra_threads=threads or cpu_threads())  # fmt: skip
+                                                inter_threads=1, intra_threads=threads)  # fmt: skip
         except (RuntimeError, ValueError) as e:
             raise UserError(f"{path}: CTranslate2 cannot load this model ({e})") from None
         size = self.config.model.tgt_vocab_size
