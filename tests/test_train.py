@@ -226,12 +226,12 @@ def test_short_run_lowers_validation_loss(corpus, tmp_path):
     assert any(name.startswith("events") for name in os.listdir(tmp_path / "run"))
 
 
-@pytest.mark.parametrize("pack_length", [0, 40], ids=["buckets", "packed"])
-def test_resume_after_a_crash_equals_an_uninterrupted_run(corpus, tmp_path, pack_length):
-    """Crash at step 10 (no final save; the last checkpoint is step 8), re-run: final state is bit-identical."""
-    straight = _config(corpus, tmp_path / "straight", pack_length)
+def test_resume_after_a_crash_equals_an_uninterrupted_run(corpus, tmp_path):
+    """Crash at step 10 (no final save; the last checkpoint is step 8), re-run: final state is bit-identical. Length
+    buckets here; packed rows resume in the SIGTERM tests below."""
+    straight = _config(corpus, tmp_path / "straight")
     train(straight)
-    crashed = _config(corpus, tmp_path / "crashed", pack_length)
+    crashed = _config(corpus, tmp_path / "crashed")
     with pytest.raises(TrainingInterrupted):
         train(crashed, crash_at_step=10)
     assert Checkpointer(str(tmp_path / "crashed" / "checkpoints"), read_only=True).latest_step() == 8
