@@ -44,6 +44,13 @@ def minutes_at_steps(run_dir: str) -> dict[int, float]:
     return {int(s): float(m) for s, m in zip(series["valid_step"], series["valid_minutes"], strict=True)}
 
 
+def training_hardware(records: list[dict], here: str) -> str:
+    """The machines a run trained on (every training process logs a "start" record), in order, without repeats;
+    `here` (the machine scoring it) for a run from before those records."""
+    seen = [r["hardware"] for r in records if r.get("kind") == "start" and r.get("hardware")]
+    return " / ".join(dict.fromkeys(seen)) if seen else f"{here} (the scoring machine: training's was not logged)"
+
+
 def first_validation_at(run_dir: str, key: str, target: float) -> tuple[int, float] | None:
     """(step, minutes) of the first validation whose `key` reached `target`, else None."""
     from jax_transformer.train.run_log import read_metrics
@@ -127,7 +134,8 @@ def main(argv=None) -> int:
             f"minutes_to_val_greedy_lc_tok_{args.target:g}": round(reached_val[1], 1) if reached_val else None,
             f"minutes_to_test_beam_lc_tok_{args.target:g}": (
                 round(reached_test["minutes"], 1) if reached_test and reached_test["minutes"] else None),
-            "beam": config.decode.beam_size, "alpha": config.decode.alpha, "hardware": machine.describe(),
+            "beam": config.decode.beam_size, "alpha": config.decode.alpha,
+            "hardware": training_hardware(records, machine.describe()),
             "signatures": {k: test[f"{k}_signature"] for k in ("bleu", "lc_tok_bleu", "chrf")},
             "test_curve": curve, "curves_png": png,
         }  # fmt: skip

@@ -323,7 +323,8 @@ def test_multihost_run_writes_once_and_resumes_on_one_device(workers, one_proces
     out = _results(workers, "host")
     run_dir = out / "run"
     records = [(r["kind"], r["step"]) for r in read_metrics(str(run_dir))]
-    assert records == [("train", 2), ("train", 4), ("valid", 4)]  # process 0 alone logged
+    assert records == [("start", 0), ("train", 2), ("train", 4), ("valid", 4)]  # process 0 alone logged
+    assert read_metrics(str(run_dir))[0]["hardware"].endswith(" cores")  # where it ran
     assert "bleu" in read_metrics(str(run_dir))[-1]  # greedy decoding over the sharded parameters worked
     assert (run_dir / "spm.model").exists() and (run_dir / "config.json").exists()
     assert Checkpointer(str(run_dir / "checkpoints"), read_only=True).all_steps() == [2, 4]

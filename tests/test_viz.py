@@ -15,6 +15,7 @@ from jax_transformer import viz
 from jax_transformer.config import Config, DataConfig, TrainConfig, model_preset
 from jax_transformer.model.transformer import Transformer, padding_mask, sinusoidal_positions
 from jax_transformer.train.optimizer import learning_rate_schedule
+from jax_transformer.train.run_log import read_metrics
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SRC = [5, 6, 7, 8, 9, 3, 0, 0]  # 6 real tokens (EOS = 3 last), then 2 padding
@@ -210,6 +211,18 @@ def test_training_curves_from_metrics_jsonl(tmp_path):
     np.testing.assert_allclose(series["valid_loss"], [4.5, 3.5, 3.3])
     np.testing.assert_allclose(series["valid_bleu"], [3.0, 7.5, np.nan])
     np.testing.assert_allclose(series["valid_minutes"], np.array([130, 180 + 120, 180 + 170]) / 60)
+
+
+def test_training_curves_count_a_restart_at_each_start_record(tmp_path):
+    """Every training process logs a "start" record first: a restart is counted there even when the new process's
+    first record comes later on its own clock than the last one before it (which "time goes backwards" misses)."""
+    run = str(tmp_path / "run")
+    write_metrics(run, [
+        {"kind": "start", "step": 0, "time": 0.0, "hardware": "cpu"}, {"kind": "train", "step": 10, "time": 30.0},
+        {"kind": "start", "step": 10, "time": 0.0, "hardware": "cpu"}, {"kind": "train", "step": 20, "time": 45.0},
+    ])  # fmt: skip
+    series = viz.training_series(read_metrics(run))
+    np.testing.assert_allclose(series["train_minutes"], np.array([30, 30 + 45]) / 60)
 
 
 def test_confusion_matrix(tmp_path):

@@ -33,6 +33,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from jax_transformer import machine
 from jax_transformer.config import UserError
 from jax_transformer.train import sharding
 from jax_transformer.train.checkpoint import Checkpointer
@@ -187,6 +188,8 @@ def fit(task, *, crash_at_step: int | None = None) -> dict:
 
     log = RunLog(config.directory, enabled=main)
     step = int(state["step"])
+    # each training process says where it ran: a run resumed elsewhere, or pinned to fewer cores, is read as such
+    log.write("start", step, {"hardware": machine.describe(), "xla_flags": os.environ.get("XLA_FLAGS", "")})
     if main and changes:
         if start is None:  # nothing trained yet: the new settings simply replace the old ones
             config.save(os.path.join(config.directory, "config.json"))
