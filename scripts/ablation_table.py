@@ -9,9 +9,11 @@ RUNS/ARM/SEED/ are run directories trained and scored by `scripts/multi30k_resul
 arm's config.json and the baseline's, so a row says what was changed, whatever its folder is called; the seed and
 settings that do not change the trained weights (logging, in-loop BLEU, the run directory, the mesh) are left out.
 Each row gives the val lc-tok BLEU of every seed, their mean and range, the mean's difference from the baseline's
-mean, the mean perplexity of the last in-loop validation (the trained weights, not averaged; blank unless every
-seed has one), the mean test2016 lc-tok BLEU (reported: choose on val only) and each seed's training minutes (not
-averaged: runs that shared the machine are slower). Prints a Markdown table; exits 1 with one line on a missing,
+mean, a verdict by the seed rule (two seeds per arm, a third where the difference is under the seed spread: the
+larger of the two arms' val ranges; "better" / "worse" once it is not), the mean perplexity of the last in-loop
+validation (the trained weights, not averaged; blank unless every seed has one), the mean test2016 lc-tok BLEU
+(reported: choose on val only) and each seed's training minutes (not averaged: runs that shared the machine are
+slower). Prints a Markdown table; exits 1 with one line on a missing,
 damaged or unscored run.
 """
 
@@ -94,6 +96,16 @@ def mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
+def verdict(delta: float, seeds: int, spread: float) -> str:
+    """The seed rule: two seeds per arm; a third where the difference from the baseline is under the seed spread
+    (`spread`: the larger of the baseline's and the arm's val range)."""
+    if seeds < 2:
+        return "run a second seed"
+    if abs(delta) >= spread:
+        return "better" if delta > 0 else "worse"
+    return "run a third seed" if seeds == 2 else f"no clear difference ({seeds} seeds)"
+
+
 def table(runs_root: str, baseline: str, results_name: str, partial: bool = False) -> str:
     arms = sorted(d for d in os.listdir(runs_root) if os.path.isdir(os.path.join(runs_root, d)))
     if baseline not in arms:
@@ -113,11 +125,12 @@ def table(runs_root: str, baseline: str, results_name: str, partial: bool = Fals
     if baseline not in data:
         raise AblationError(f"no run of the baseline arm {baseline!r} is scored yet")
     base_settings = data[baseline][0]["settings"]
-    base_val = mean([r["results"]["val_lc_tok_bleu"] for r in data[baseline]])
+    base_vals = [r["results"]["val_lc_tok_bleu"] for r in data[baseline]]
+    base_val, base_range = mean(base_vals), max(base_vals) - min(base_vals)
     rows = [
         "| arm | change against the baseline | seeds | val lc-tok BLEU per seed | val mean (range) "
-        "| val mean - baseline | last in-loop val ppl | test2016 lc-tok mean | minutes per seed |",
-        "|---|---|---:|---|---:|---:|---:|---:|---:|",
+        "| val mean - baseline | verdict | last in-loop val ppl | test2016 lc-tok mean | minutes per seed |",
+        "|---|---|---:|---|---:|---:|---|---:|---:|---:|",
     ]
     for arm in [baseline] + [a for a in data if a != baseline]:
         runs = data[arm]
@@ -131,9 +144,11 @@ def table(runs_root: str, baseline: str, results_name: str, partial: bool = Fals
         minutes_cell = " / ".join("" if m is None else f"{m:.1f}" for m in minutes)  # runs may share the machine
         change = "-" if arm == baseline else changes.pop()
         delta = "" if arm == baseline else f"{mean(val) - base_val:+.2f}"
+        spread = max(base_range, max(val) - min(val))
+        judged = "" if arm == baseline else verdict(mean(val) - base_val, len(runs), spread)
         rows.append(
             f"| {arm} | {change} | {len(runs)} | {' / '.join(f'{v:.2f}' for v in val)} | "
-            f"{mean(val):.2f} ({max(val) - min(val):.2f}) | {delta} | {ppl_cell} | "
+            f"{mean(val):.2f} ({max(val) - min(val):.2f}) | {delta} | {judged} | {ppl_cell} | "
             f"{mean(test):.2f} | {minutes_cell} |"
         )
     if unfinished:

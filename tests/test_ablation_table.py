@@ -33,9 +33,10 @@ def test_rows_give_each_seed_the_mean_range_and_the_change_from_the_configs(tmp_
     assert ablation_table.main([str(tmp_path), "--baseline", "base"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 4
-    assert lines[2] == "| base | - | 2 | 40.00 / 41.00 | 40.50 (1.00) |  | 4.90 | 39.25 | 50.0 / 51.0 |"
+    assert lines[2] == "| base | - | 2 | 40.00 / 41.00 | 40.50 (1.00) |  |  | 4.90 | 39.25 | 50.0 / 51.0 |"
     assert lines[3] == (
-        "| attn | model.attention_dropout=0.1 | 2 | 41.50 / 42.50 | 42.00 (1.00) | +1.50 | 4.80 | 40.25 | 50.0 / 51.0 |"
+        "| attn | model.attention_dropout=0.1 | 2 | 41.50 / 42.50 | 42.00 (1.00) | +1.50 | better | 4.80 | 40.25 "
+        "| 50.0 / 51.0 |"
     )
 
 
@@ -81,8 +82,11 @@ def test_partial_leaves_out_runs_still_training_and_lists_them(tmp_path, capsys)
     assert "results.json is missing" in capsys.readouterr().err
     assert ablation_table.main([str(tmp_path), "--baseline", "base", "--partial"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[2] == "| base | - | 1 | 40.00 | 40.00 (0.00) |  | 5.00 | 39.00 | 50.0 |"
-    assert lines[3] == "| attn | model.attention_dropout=0.1 | 1 | 41.50 | 41.50 (0.00) | +1.50 | 4.90 | 40.00 | 50.0 |"
+    assert lines[2] == "| base | - | 1 | 40.00 | 40.00 (0.00) |  |  | 5.00 | 39.00 | 50.0 |"
+    assert lines[3] == (
+        "| attn | model.attention_dropout=0.1 | 1 | 41.50 | 41.50 (0.00) | +1.50 | run a second seed | 4.90 | 40.00 "
+        "| 50.0 |"
+    )
     assert not any(line.startswith("| ffn") for line in lines)  # no scored seed: no row
     assert lines[-1] == "not scored yet (left out): attn/s1, base/s1, ffn/s0"
     os.remove(tmp_path / "base" / "s0" / "results.json")
@@ -112,3 +116,13 @@ def test_a_key_an_older_config_lacks_reads_as_its_default(tmp_path, capsys):
     assert ablation_table.main([str(tmp_path), "--baseline", "base"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown config key model.attention_drop" in err
+
+
+def test_the_verdict_follows_the_seed_rule():
+    """Two seeds per arm; a third where the difference is under the seed spread; then better / worse or no clear
+    difference."""
+    assert ablation_table.verdict(+1.5, 1, 0.0) == "run a second seed"
+    assert ablation_table.verdict(+0.3, 2, 0.42) == "run a third seed"
+    assert ablation_table.verdict(-0.5, 2, 0.42) == "worse"
+    assert ablation_table.verdict(+0.42, 3, 0.42) == "better"  # a difference as large as the spread counts
+    assert ablation_table.verdict(-0.1, 3, 0.6) == "no clear difference (3 seeds)"
