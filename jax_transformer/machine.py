@@ -1,5 +1,6 @@
 """What a process runs on, for the reports of scripts and benchmarks: the CPU's name and the cores it may use."""
 
+import functools
 import os
 import platform
 import subprocess
@@ -13,21 +14,22 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+@functools.cache
 def cpu_model() -> str:
-    """`lscpu`'s 'Model name' (falling back to /proc/cpuinfo, then platform.processor())."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, check=False).stdout
-        for line in out.splitlines():
-            if line.strip().startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
+    """The CPU's model name from /proc/cpuinfo (falling back to `lscpu`, then platform.processor())."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
                 if line.startswith("model name"):
                     return line.split(":", 1)[1].strip()
     except OSError:
+        pass
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, check=False).stdout
+        for line in out.splitlines():
+            if line.strip().startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
         pass
     return platform.processor() or "unknown CPU"
 

@@ -213,6 +213,14 @@ def _config(corpus, run_dir, pack_length=0, **train):
                   train=TrainConfig(**train_cfg))  # fmt: skip
 
 
+@pytest.fixture(scope="module")
+def straight_run(corpus, tmp_path_factory):
+    """`_config`'s 12 steps on length buckets, uninterrupted: what the resume and extend tests must reproduce."""
+    run_dir = tmp_path_factory.mktemp("straight") / "run"
+    train(_config(corpus, run_dir))
+    return run_dir
+
+
 def test_short_run_lowers_validation_loss(corpus, tmp_path):
     config = _config(corpus, tmp_path / "run", steps=60, eval_every=10, bleu_every=60, bleu_max_sentences=16)
     train(config)
@@ -226,17 +234,15 @@ def test_short_run_lowers_validation_loss(corpus, tmp_path):
     assert any(name.startswith("events") for name in os.listdir(tmp_path / "run"))
 
 
-def test_resume_after_a_crash_equals_an_uninterrupted_run(corpus, tmp_path):
+def test_resume_after_a_crash_equals_an_uninterrupted_run(corpus, tmp_path, straight_run):
     """Crash at step 10 (no final save; the last checkpoint is step 8), re-run: final state is bit-identical. Length
     buckets here; packed rows resume in the SIGTERM tests below."""
-    straight = _config(corpus, tmp_path / "straight")
-    train(straight)
     crashed = _config(corpus, tmp_path / "crashed")
     with pytest.raises(TrainingInterrupted):
         train(crashed, crash_at_step=10)
     assert Checkpointer(str(tmp_path / "crashed" / "checkpoints"), read_only=True).latest_step() == 8
     train(crashed)
-    a = Checkpointer(str(tmp_path / "straight" / "checkpoints"), read_only=True).restore_arrays(12)
+    a = Checkpointer(str(straight_run / "checkpoints"), read_only=True).restore_arrays(12)
     b = Checkpointer(str(tmp_path / "crashed" / "checkpoints"), read_only=True).restore_arrays(12)
     leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
     assert len(leaves_a) == len(leaves_b) > 10
@@ -244,14 +250,18 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(corpus, tmp_path):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))  # bitwise: XLA on CPU is deterministic
 
 
-@pytest.mark.parametrize("accum, signalled_read", [(1, 7), (2, 5)], ids=["one_batch", "accumulated"])
-def test_sigterm_mid_update_stops_after_it_and_resumes_bit_identically(corpus, tmp_path, monkeypatch, accum,
-                                                                       signalled_read):  # fmt: skip
+@pytest.mark.parametrize("accum, signalled_read, pack_length", [(1, 7, 0), (2, 5, 40)],
+                         ids=["one_batch_buckets", "accumulated_packed"])  # fmt: skip
+def test_sigterm_mid_update_stops_after_it_and_resumes_bit_identically(corpus, tmp_path, monkeypatch, straight_run,
+                                                                       accum, signalled_read, pack_length):  # fmt: skip
     """SIGTERM arrives while a batch is being read (as a signal may, at any moment): the update under way completes,
     its checkpoint is saved, the run stops with one line; re-run, it ends bit-identical to an uninterrupted run.
     With gradient accumulation the signal comes between an update's two batches."""
-    straight = _config(corpus, tmp_path / "straight", 40, grad_accum_steps=accum)
-    train(straight)
+    if accum == 1:
+        straight = straight_run
+    else:
+        straight = tmp_path / "straight"
+        train(_config(corpus, straight, pack_length, grad_accum_steps=accum))
     reads, handler_before = {"n": 0}, signal.getsignal(signal.SIGTERM)
 
     def signalling(original):
@@ -265,7 +275,7 @@ def test_sigterm_mid_update_stops_after_it_and_resumes_bit_identically(corpus, t
 
     for name in ("shard_batch", "shard_local_batch"):
         monkeypatch.setattr(Steps, name, signalling(getattr(Steps, name)))
-    stopped = _config(corpus, tmp_path / "stopped", 40, grad_accum_steps=accum)
+    stopped = _config(corpus, tmp_path / "stopped", pack_length, grad_accum_steps=accum)
     stop_step = (signalled_read - 1) // accum + 1  # the update the signalled batch belongs to
     with pytest.raises(UserError, match=f"interrupted at step {stop_step}: checkpoint saved"):
         train(stopped)
@@ -273,7 +283,7 @@ def test_sigterm_mid_update_stops_after_it_and_resumes_bit_identically(corpus, t
     assert Checkpointer(str(tmp_path / "stopped" / "checkpoints"), read_only=True).latest_step() == stop_step
     monkeypatch.undo()
     train(stopped)
-    a = Checkpointer(str(tmp_path / "straight" / "checkpoints"), read_only=True).restore_arrays(12)
+    a = Checkpointer(str(straight / "checkpoints"), read_only=True).restore_arrays(12)
     b = Checkpointer(str(tmp_path / "stopped" / "checkpoints"), read_only=True).restore_arrays(12)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -299,15 +309,13 @@ def test_a_second_ctrl_c_stops_mid_update_without_saving(corpus, tmp_path, monke
     assert Checkpointer(str(tmp_path / "run" / "checkpoints"), read_only=True).all_steps() == [4]
 
 
-def test_extending_a_finished_run_equals_a_longer_run_and_records_the_change(corpus, tmp_path):
+def test_extending_a_finished_run_equals_a_longer_run_and_records_the_change(corpus, tmp_path, straight_run):
     """Train to step 8, then re-run with train.steps=12: with an inverse-sqrt schedule (which does not depend on
     train.steps) the result is bit-identical to a 12-step run; the first config is kept and the change logged."""
-    straight = _config(corpus, tmp_path / "straight")
-    train(straight)
     extended = _config(corpus, tmp_path / "extended", steps=8)
     train(extended)
     train(dataclasses.replace(extended, train=dataclasses.replace(extended.train, steps=12)))
-    a = Checkpointer(str(tmp_path / "straight" / "checkpoints"), read_only=True).restore_arrays(12)
+    a = Checkpointer(str(straight_run / "checkpoints"), read_only=True).restore_arrays(12)
     b = Checkpointer(str(tmp_path / "extended" / "checkpoints"), read_only=True).restore_arrays(12)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
