@@ -13,8 +13,7 @@ mean, a verdict by the seed rule (two seeds per arm, a third where the differenc
 larger of the two arms' val ranges; "better" / "worse" once it is not), the mean perplexity of the last in-loop
 validation (the trained weights, not averaged; blank unless every seed has one), the mean test2016 lc-tok BLEU
 (reported: choose on val only) and each seed's training minutes (not averaged: runs that shared the machine are
-slower). Prints a Markdown table; exits 1 with one line on a missing,
-damaged or unscored run.
+slower). Prints a Markdown table; exits 1 with one line on a missing, damaged or unscored run.
 """
 
 import argparse

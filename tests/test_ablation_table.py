@@ -1,13 +1,11 @@
 """scripts/ablation_table.py: rows from scored runs, the change read from the configs, one line for a bad run."""
 
-import importlib.util
 import json
 import os
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-spec = importlib.util.spec_from_file_location("ablation_table", os.path.join(ROOT, "scripts", "ablation_table.py"))
-ablation_table = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(ablation_table)
+from tests.scripts import load_script
+
+ablation_table = load_script("ablation_table")
 
 
 def _run(folder, seed, val, test, ppl, attention_dropout=0.0, bleu_every=500):

@@ -1,6 +1,5 @@
 """Decoding: the KV cache equals full recomputation, beam search, padding safety, averaging, the commands."""
 
-import importlib.util
 import json
 import os
 import shutil
@@ -16,8 +15,7 @@ from jax_transformer.decode.search import beam_search, greedy_search, output_lim
 from jax_transformer.model.transformer import Transformer
 from jax_transformer.train.checkpoint import Checkpointer, average_params
 from tests.copy_task import BOS, EOS, token_accuracy, train_copy_model
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.scripts import load_script
 
 
 @pytest.mark.parametrize(
@@ -233,9 +231,7 @@ def test_translate_evaluate_average_commands(tmp_path, capsys):
     assert err.strip().count("\n") == 0 and not (tmp_path / "o3").exists()
 
     # scripts/tune_decode.py: one row per (beam, alpha); its greedy row equals `evaluate --split val --beam 1`
-    spec = importlib.util.spec_from_file_location("tune_decode", os.path.join(ROOT, "scripts", "tune_decode.py"))
-    tune_decode = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tune_decode)
+    tune_decode = load_script("tune_decode")
     rows_path = tmp_path / "tune.json"
     argv = [str(run_dir), "--beams", "1", "2", "--alphas", "0.6", "1.0", "--json-out", str(rows_path)]
     assert tune_decode.main(argv) == 0

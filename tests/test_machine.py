@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 from jax_transformer import machine
+from tests.scripts import load_script
 
 PROBE = (
     "import os, sys; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
@@ -23,12 +24,7 @@ def test_describe_names_the_cpu_and_the_cores_this_process_may_use():
 def test_results_report_the_machines_a_run_trained_on():
     """scripts/multi30k_results.py: each training process's "start" record, in order, without repeats; a run from
     before those records says that the machine named is the scoring one."""
-    import importlib.util
-
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "multi30k_results.py")
-    spec = importlib.util.spec_from_file_location("multi30k_results", path)
-    results = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(results)
+    results = load_script("multi30k_results")
     start = lambda hardware: {"kind": "start", "step": 0, "hardware": hardware}  # noqa: E731
     records = [start("AMD EPYC, 1 of 2 cores"), {"kind": "train", "step": 50}, start("AMD EPYC, 1 of 2 cores"),
                start("AMD EPYC, 2 cores")]  # fmt: skip

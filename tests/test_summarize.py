@@ -14,6 +14,7 @@ from jax_transformer.data.readers import read_sources_and_references
 from jax_transformer.decode.search import beam_search, greedy_search, repeated_ngram_bans
 from jax_transformer.metrics import rouge
 from tests.copy_task import BOS, EOS, token_accuracy, train_copy_model
+from tests.scripts import load_script
 
 DIALOGSUM = Path(__file__).resolve().parents[1] / "data" / "dialogsum"
 
@@ -213,7 +214,6 @@ def test_summarization_run_end_to_end(tmp_path, capsys):
     """A tiny run on a DialogSum slice: truncated sources, validation ROUGE in metrics.jsonl, then the evaluate
     command on the three-reference test split with beam search, min_len and n-gram blocking."""
     import gzip
-    import importlib.util
     import json
 
     from jax_transformer.cli import evaluate
@@ -250,9 +250,7 @@ def test_summarization_run_end_to_end(tmp_path, capsys):
     assert "missing file" in capsys.readouterr().err
 
     # scripts/tune_decode.py scores a summarization run with its decode.metric: ROUGE, as `evaluate` does
-    spec = importlib.util.spec_from_file_location("tune_decode", DIALOGSUM.parents[1] / "scripts" / "tune_decode.py")
-    tune_decode = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tune_decode)
+    tune_decode = load_script("tune_decode")
     rows_path = tmp_path / "tune.json"
     assert tune_decode.main([str(tmp_path / "run"), "--beams", "2", "--alphas", "0.0", "--split", "test",
                              "--json-out", str(rows_path)]) == 0  # fmt: skip

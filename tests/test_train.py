@@ -250,6 +250,25 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(corpus, tmp_path, stra
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))  # bitwise: XLA on CPU is deterministic
 
 
+def signal_on_read(monkeypatch, read: int, *signums) -> None:
+    """Send `signums` to this process while the trainer reads its `read`-th batch (onto the mesh), as a signal may
+    arrive at any moment: in the middle of an update."""
+    reads = {"n": 0}
+
+    def signalling(original):
+        def shard(self, batch, *args):
+            reads["n"] += 1
+            if reads["n"] == read:
+                for signum in signums:
+                    os.kill(os.getpid(), signum)
+            return original(self, batch, *args)
+
+        return shard
+
+    for name in ("shard_batch", "shard_local_batch"):
+        monkeypatch.setattr(Steps, name, signalling(getattr(Steps, name)))
+
+
 @pytest.mark.parametrize("accum, signalled_read, pack_length", [(1, 7, 0), (2, 5, 40)],
                          ids=["one_batch_buckets", "accumulated_packed"])  # fmt: skip
 def test_sigterm_mid_update_stops_after_it_and_resumes_bit_identically(corpus, tmp_path, monkeypatch, straight_run,
@@ -262,19 +281,8 @@ def test_sigterm_mid_update_stops_after_it_and_resumes_bit_identically(corpus, t
     else:
         straight = tmp_path / "straight"
         train(_config(corpus, straight, pack_length, grad_accum_steps=accum))
-    reads, handler_before = {"n": 0}, signal.getsignal(signal.SIGTERM)
-
-    def signalling(original):
-        def read(self, batch, *args):
-            reads["n"] += 1
-            if reads["n"] == signalled_read:
-                os.kill(os.getpid(), signal.SIGTERM)
-            return original(self, batch, *args)
-
-        return read
-
-    for name in ("shard_batch", "shard_local_batch"):
-        monkeypatch.setattr(Steps, name, signalling(getattr(Steps, name)))
+    handler_before = signal.getsignal(signal.SIGTERM)
+    signal_on_read(monkeypatch, signalled_read, signal.SIGTERM)
     stopped = _config(corpus, tmp_path / "stopped", pack_length, grad_accum_steps=accum)
     stop_step = (signalled_read - 1) // accum + 1  # the update the signalled batch belongs to
     with pytest.raises(UserError, match=f"interrupted at step {stop_step}: checkpoint saved"):
@@ -292,17 +300,7 @@ def test_sigterm_mid_update_stops_after_it_and_resumes_bit_identically(corpus, t
 def test_a_second_ctrl_c_stops_mid_update_without_saving(corpus, tmp_path, monkeypatch):
     """Ctrl-C twice while update 7's batch is read: the second stops at once; nothing half-applied is saved, and the
     message names the checkpoint a re-run resumes from (step 4, the last saved)."""
-    original = Steps.shard_local_batch
-    reads = {"n": 0}
-
-    def read(self, batch, *args):
-        reads["n"] += 1
-        if reads["n"] == 7:
-            os.kill(os.getpid(), signal.SIGINT)
-            os.kill(os.getpid(), signal.SIGINT)
-        return original(self, batch, *args)
-
-    monkeypatch.setattr(Steps, "shard_local_batch", read)
+    signal_on_read(monkeypatch, 7, signal.SIGINT, signal.SIGINT)
     config = _config(corpus, tmp_path / "run", 40)
     with pytest.raises(UserError, match="interrupted during update 7, not saved; .* resumes from step 4"):
         train(config)

@@ -177,8 +177,8 @@ class CT2Translator:
 
         self.config = Config.load(os.path.join(path, CONFIG_NAME))
         self.tokenizer = Tokenizer.load(os.path.join(path, "spm.model"))
+        threads = threads or available_cores()
         try:
-            threads = threads or available_cores()
             self.model = ctranslate2.Translator(path, device="cpu", compute_type=compute_type,
                                                 inter_threads=1, intra_threads=threads)  # fmt: skip
         except (RuntimeError, ValueError) as e:
