@@ -35,12 +35,11 @@ def score_split(translator, split: str, data_dir: str, decode) -> dict:
     return score(hypotheses, [refs[0] for refs in references], translator.config.data.tgt_lang)
 
 
-def minutes_at_steps(run_dir: str) -> dict[int, float]:
-    """Cumulative wall-clock minutes of each validated step (over restarts), from metrics.jsonl."""
-    from jax_transformer.train.run_log import read_metrics
+def minutes_at_steps(records: list[dict]) -> dict[int, float]:
+    """Cumulative wall-clock minutes of each validated step (over restarts), from a run's metrics.jsonl records."""
     from jax_transformer.viz import training_series
 
-    series = training_series(read_metrics(run_dir))
+    series = training_series(records)
     return {int(s): float(m) for s, m in zip(series["valid_step"], series["valid_minutes"], strict=True)}
 
 
@@ -51,12 +50,9 @@ def training_hardware(records: list[dict], here: str) -> str:
     return " / ".join(dict.fromkeys(seen)) if seen else f"{here} (the scoring machine: training's was not logged)"
 
 
-def first_validation_at(run_dir: str, key: str, target: float) -> tuple[int, float] | None:
+def first_validation_at(records: list[dict], minutes: dict[int, float], key: str, target: float):
     """(step, minutes) of the first validation whose `key` reached `target`, else None."""
-    from jax_transformer.train.run_log import read_metrics
-
-    minutes = minutes_at_steps(run_dir)
-    for record in read_metrics(run_dir):
+    for record in records:
         if record.get("kind") == "valid" and record.get(key, -1.0) >= target:
             return int(record["step"]), minutes[int(record["step"])]
     return None
@@ -94,7 +90,7 @@ def main(argv=None) -> int:
             train(config)
         records = read_metrics(run_dir)
         train_records = [r for r in records if r.get("kind") == "train"]
-        minutes = minutes_at_steps(run_dir)
+        minutes = minutes_at_steps(records)
         last_step = max(minutes) if minutes else (train_records[-1]["step"] if train_records else 0)
         if args.at_step is not None:
             last_step = args.at_step
@@ -122,7 +118,7 @@ def main(argv=None) -> int:
 
         png = args.png or os.path.join(run_dir, "curves.png")
         plot_training_curves(run_dir, png)
-        reached_val = first_validation_at(run_dir, "lc_tok_bleu", args.target)
+        reached_val = first_validation_at(records, minutes, "lc_tok_bleu", args.target)
         reached_test = next((c for c in curve if c["lc_tok_bleu"] >= args.target), None)
         test = results["test2016"]
         row = {
