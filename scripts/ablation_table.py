@@ -11,7 +11,8 @@ settings that do not change the trained weights (logging, in-loop BLEU, the run 
 Each row gives the val lc-tok BLEU of every seed, their mean and range, the mean's difference from the baseline's
 mean, a verdict by the seed rule (two seeds per arm, a third where the difference is under the seed spread: the
 larger of the two arms' val ranges; "better" / "worse" once it is not), the mean perplexity of the last in-loop
-validation (the trained weights, not averaged; blank unless every seed has one), the mean test2016 lc-tok BLEU
+validation (the trained weights, not averaged; blank unless every seed has one; marked "*" where the arm changes the
+vocabulary: a perplexity per piece of another segmentation does not compare with the baseline's), the mean test2016 lc-tok BLEU
 (reported: choose on val only) and each seed's training minutes (not averaged: runs that shared the machine are
 slower). Prints a Markdown table; exits 1 with one line on a missing, damaged or unscored run.
 """
@@ -30,6 +31,8 @@ class AblationError(Exception):
 
 
 RESULT_KEYS = ("val_lc_tok_bleu", "test2016_lc_tok_bleu")
+# settings that change how text is cut into pieces: the perplexity (per piece) of such an arm is not comparable
+TOKENIZATION = ("data.vocab_size", "model.vocab_size", "model.target_vocab_size", "data.spm_")
 IGNORED = {"name", "run_dir", "seed", "mesh", "train.log_every", "train.bleu_every", "train.bleu_max_sentences"}
 
 
@@ -85,9 +88,12 @@ def read_run(run_dir: str, results_name: str) -> dict:
     return {"settings": settings(config), "results": results, "ppl": ppl[-1] if ppl else None}
 
 
+def changed_keys(arm: dict, baseline: dict) -> list[str]:
+    return [k for k in sorted(set(arm) | set(baseline)) if arm.get(k) != baseline.get(k)]
+
+
 def describe_change(arm: dict, baseline: dict) -> str:
-    keys = sorted(set(arm) | set(baseline))
-    diff = [f"{k}={arm.get(k)!r}" for k in keys if arm.get(k) != baseline.get(k)]
+    diff = [f"{k}={arm.get(k)!r}" for k in changed_keys(arm, baseline)]
     return " ".join(diff) if diff else "(none)"
 
 
@@ -131,6 +137,7 @@ def table(runs_root: str, baseline: str, results_name: str, partial: bool = Fals
         "| val mean - baseline | verdict | last in-loop val ppl | test2016 lc-tok mean | minutes per seed |",
         "|---|---|---:|---|---:|---:|---|---:|---:|---:|",
     ]
+    marked = False
     for arm in [baseline] + [a for a in data if a != baseline]:
         runs = data[arm]
         changes = {describe_change(r["settings"], base_settings) for r in runs}
@@ -139,7 +146,9 @@ def table(runs_root: str, baseline: str, results_name: str, partial: bool = Fals
         val = [r["results"]["val_lc_tok_bleu"] for r in runs]
         test = [r["results"]["test2016_lc_tok_bleu"] for r in runs]
         ppl, minutes = [r["ppl"] for r in runs], [r["results"].get("train_minutes") for r in runs]
-        ppl_cell = f"{mean(ppl):.2f}" if None not in ppl else ""
+        resegmented = any(k.startswith(TOKENIZATION) for k in changed_keys(runs[0]["settings"], base_settings))
+        ppl_cell = f"{mean(ppl):.2f}{'*' if resegmented else ''}" if None not in ppl else ""
+        marked = marked or (resegmented and ppl_cell != "")
         minutes_cell = " / ".join("" if m is None else f"{m:.1f}" for m in minutes)  # runs may share the machine
         change = "-" if arm == baseline else changes.pop()
         delta = "" if arm == baseline else f"{mean(val) - base_val:+.2f}"
@@ -150,6 +159,8 @@ def table(runs_root: str, baseline: str, results_name: str, partial: bool = Fals
             f"{mean(val):.2f} ({max(val) - min(val):.2f}) | {delta} | {judged} | {ppl_cell} | "
             f"{mean(test):.2f} | {minutes_cell} |"
         )
+    if marked:
+        rows.append("\n\\* perplexity per piece of another vocabulary: not comparable with the baseline's")
     if unfinished:
         rows.append(f"\nnot scored yet (left out): {', '.join(unfinished)}")
     return "\n".join(rows)

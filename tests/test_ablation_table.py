@@ -8,11 +8,11 @@ from tests.scripts import load_script
 ablation_table = load_script("ablation_table")
 
 
-def _run(folder, seed, val, test, ppl, attention_dropout=0.0, bleu_every=500):
+def _run(folder, seed, val, test, ppl, attention_dropout=0.0, bleu_every=500, vocab=8000):
     os.makedirs(folder)
     config = {"name": "x", "run_dir": str(folder), "seed": seed, "mesh": {"data": -1},
-              "model": {"dropout": 0.3, "attention_dropout": attention_dropout},
-              "train": {"steps": 4300, "bleu_every": bleu_every}}  # fmt: skip
+              "model": {"dropout": 0.3, "attention_dropout": attention_dropout, "vocab_size": vocab},
+              "data": {"vocab_size": vocab}, "train": {"steps": 4300, "bleu_every": bleu_every}}  # fmt: skip
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump(config, f, indent=2)  # as the real files: one value over many lines
     with open(os.path.join(folder, "results.json"), "w") as f:
@@ -36,6 +36,20 @@ def test_rows_give_each_seed_the_mean_range_and_the_change_from_the_configs(tmp_
         "| attn | model.attention_dropout=0.1 | 2 | 41.50 / 42.50 | 42.00 (1.00) | +1.50 | better | 4.80 | 40.25 "
         "| 50.0 / 51.0 |"
     )
+
+
+def test_a_perplexity_over_another_vocabulary_is_marked_not_comparable(tmp_path, capsys):
+    _run(tmp_path / "base" / "s0", 0, 40.0, 39.0, 5.0)
+    _run(tmp_path / "attn" / "s0", 0, 41.0, 39.0, 4.9, attention_dropout=0.1)
+    assert ablation_table.main([str(tmp_path), "--baseline", "base"]) == 0
+    assert "*" not in capsys.readouterr().out  # the same pieces: comparable, nothing marked
+    _run(tmp_path / "vocab6k" / "s0", 0, 39.5, 39.2, 4.6, vocab=6000)
+    assert ablation_table.main([str(tmp_path), "--baseline", "base"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    row = next(line for line in lines if line.startswith("| vocab6k"))
+    assert "data.vocab_size=6000 model.vocab_size=6000" in row and "| 4.60* |" in row
+    assert next(line for line in lines if line.startswith("| attn")).count("*") == 0
+    assert lines[-1] == "\\* perplexity per piece of another vocabulary: not comparable with the baseline's"
 
 
 def test_an_unscored_run_or_seeds_that_differ_give_one_line(tmp_path, capsys):
