@@ -12,9 +12,9 @@ Each row gives the val lc-tok BLEU of every seed, their mean and range, the mean
 mean, a verdict by the seed rule (two seeds per arm, a third where the difference is under the seed spread: the
 larger of the two arms' val ranges; "better" / "worse" once it is not), the mean perplexity of the last in-loop
 validation (the trained weights, not averaged; blank unless every seed has one; marked "*" where the arm changes the
-vocabulary: a perplexity per piece of another segmentation does not compare with the baseline's), the mean test2016 lc-tok BLEU
-(reported: choose on val only) and each seed's training minutes (not averaged: runs that shared the machine are
-slower). Prints a Markdown table; exits 1 with one line on a missing, damaged or unscored run.
+vocabulary: a perplexity per piece of another segmentation does not compare with the baseline's), the mean
+test2016 lc-tok BLEU (reported: choose on val only) and each seed's training minutes (not averaged: runs that shared
+the machine are slower). Prints a Markdown table; exits 1 with one line on a missing, damaged or unscored run.
 """
 
 import argparse
