@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import pathlib
 
 import pytest
 
@@ -286,3 +287,18 @@ def test_config_load_errors(tmp_path):
     unknown.write_text(json.dumps({"model": {"d_mdoel": 3}}))
     with pytest.raises(ConfigError, match="unknown config key model.d_mdoel"):
         Config.load(str(unknown))
+
+
+CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
+RECIPES = sorted(path.name for path in CONFIGS.glob("*.py"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_recipe_loads(recipe):
+    """Each file in configs/ builds a valid config (its checks pass) that survives a save/load round trip, and a run
+    of it is named after its file, so `runs/NAME` is the recipe's run directory."""
+    from jax_transformer.config import load_any_config
+
+    config = load_any_config(str(CONFIGS / recipe))
+    assert config.name == recipe.removesuffix(".py")
+    assert type(config).from_dict(config.to_dict()) == config
