@@ -50,7 +50,9 @@ def training_hardware(records: list[dict], here: str) -> str:
     return " / ".join(dict.fromkeys(seen)) if seen else f"{here} (the scoring machine: training's was not logged)"
 
 
-def first_validation_at(records: list[dict], minutes: dict[int, float], key: str, target: float):
+def first_validation_at(
+    records: list[dict], minutes: dict[int, float], key: str, target: float
+) -> tuple[int, float] | None:
     """(step, minutes) of the first validation whose `key` reached `target`, else None."""
     for record in records:
         if record.get("kind") == "valid" and record.get(key, -1.0) >= target:

@@ -16,6 +16,7 @@ from jax_transformer.config import (
     TrainConfig,
     UserError,
     apply_overrides,
+    load_any_config,
     load_config_file,
     model_preset,
 )
@@ -297,8 +298,6 @@ RECIPES = sorted(path.name for path in CONFIGS.glob("*.py"))
 def test_every_recipe_loads(recipe):
     """Each file in configs/ builds a valid config (its checks pass) that survives a save/load round trip, and a run
     of it is named after its file, so `runs/NAME` is the recipe's run directory."""
-    from jax_transformer.config import load_any_config
-
     config = load_any_config(str(CONFIGS / recipe))
     assert config.name == recipe.removesuffix(".py")
     assert type(config).from_dict(config.to_dict()) == config
