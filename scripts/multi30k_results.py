@@ -127,6 +127,7 @@ def main(argv=None) -> int:
             "recipe": config.name, "direction": f"{config.data.src_lang}->{config.data.tgt_lang}",
             "test2016_lc_tok_bleu": test["lc_tok_bleu"], "test2016_bleu": test["bleu"], "test2016_chrf": test["chrf"],
             "val_lc_tok_bleu": results["val"]["lc_tok_bleu"], "val_bleu": results["val"]["bleu"],
+            "val_length_ratio": results["val"]["length_ratio"], "test2016_length_ratio": test["length_ratio"],
             "parameters": params, "steps": last_step, "averaged_steps": steps,
             "train_minutes": round(total_minutes, 1),
             f"minutes_to_val_greedy_lc_tok_{args.target:g}": round(reached_val[1], 1) if reached_val else None,

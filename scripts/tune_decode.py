@@ -7,8 +7,8 @@
 The model is a run directory (its latest checkpoint) or a model directory (e.g. the average that
 scripts/multi30k_results.py writes to RUN/avgN). Each pair decodes the whole split with the model's other decode
 settings (min_len, no_repeat_ngram_size); scores follow the model's decode.metric: for 'bleu' the cased, detokenized
-output's cased sacreBLEU, lowercased Moses-tokenized BLEU and chrF (`jax_transformer.cli.evaluate.score`), chosen by
-lc-tok BLEU; for 'rouge' ROUGE-1/2/L F1 (`evaluate.score_rouge`, max over references), chosen by ROUGE-1.
+output's cased sacreBLEU, lowercased Moses-tokenized BLEU, chrF and the output's length over the references'
+(`jax_transformer.cli.evaluate.score`; under 1, BLEU's brevity penalty applies), chosen by lc-tok BLEU; for 'rouge' ROUGE-1/2/L F1 (`evaluate.score_rouge`, max over references), chosen by ROUGE-1.
 Tune on val only: the test split is for the final figure. Writes the table as JSON with --json-out.
 """
 
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
             columns, key = ("rouge1", "rouge2", "rougeL"), "rouge1"
             evaluate = lambda hypotheses: score_rouge(hypotheses, references)
         else:
-            columns, key = ("lc_tok_bleu", "bleu", "chrf"), "lc_tok_bleu"
+            columns, key = ("lc_tok_bleu", "bleu", "chrf", "length_ratio"), "lc_tok_bleu"
             evaluate = lambda hypotheses: score(hypotheses, [refs[0] for refs in references], data.tgt_lang)
         rows = []
         print(f"{args.model}: {args.split}, {len(sources):,} sentences", file=sys.stderr)
@@ -56,7 +56,7 @@ def main(argv=None) -> int:
                 row = {"beam": beam, "alpha": alpha, **{c: s[c] for c in columns},
                        "seconds": round(time.time() - started, 1)}  # fmt: skip
                 rows.append(row)
-                print(f"| {beam} | {alpha:g} | {' | '.join(f'{row[c]:.2f}' for c in columns)} "
+                print(f"| {beam} | {alpha:g} | {' | '.join(f'{row[c]:.3f}' if c == 'length_ratio' else f'{row[c]:.2f}' for c in columns)} "
                       f"| {row['seconds']:.0f} |", flush=True)  # fmt: skip
         best = max(rows, key=lambda r: r[key])
         print(f"best on {args.split}: beam {best['beam']}, alpha {best['alpha']:g} ({key} {best[key]:.2f})",

@@ -174,6 +174,20 @@ def test_average_params_is_the_mean(tmp_path):
     np.testing.assert_allclose(averaged["bias"], np.arange(3.0) * 2.5)
 
 
+def test_scores_report_the_length_ratio_and_brevity_penalty():
+    """Output shorter than its references pays BLEU's brevity penalty exp(1 - ref/hyp); longer output pays none."""
+    from jax_transformer.cli.evaluate import score
+
+    references = ["Ein Hund läuft schnell durch den Schnee.", "Zwei Kinder spielen."]
+    same = score(references, references, "de")
+    assert same["lc_tok_bleu"] == 100.0 and same["length_ratio"] == 1.0 and same["brevity_penalty"] == 1.0
+    # lc-tok tokens: 8 + 4 in the references; 5 + 4 in the short output, 10 + 4 in the long one
+    short = score(["Ein Hund läuft schnell.", "Zwei Kinder spielen."], references, "de")
+    assert short["length_ratio"] == round(9 / 12, 3) and short["brevity_penalty"] == round(np.exp(1 - 12 / 9), 3)
+    long = score(["Ein Hund läuft schnell durch den tiefen weißen Schnee.", "Zwei Kinder spielen."], references, "de")
+    assert long["length_ratio"] == round(14 / 12, 3) and long["brevity_penalty"] == 1.0
+
+
 def test_translate_evaluate_average_commands(tmp_path, capsys):
     """The commands on a tiny trained run: outputs line up with inputs, scores print, averaging writes a model."""
     from jax_transformer.cli import average, evaluate, translate
