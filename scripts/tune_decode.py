@@ -8,7 +8,8 @@ The model is a run directory (its latest checkpoint) or a model directory (e.g. 
 scripts/multi30k_results.py writes to RUN/avgN). Each pair decodes the whole split with the model's other decode
 settings (min_len, no_repeat_ngram_size); scores follow the model's decode.metric: for 'bleu' the cased, detokenized
 output's cased sacreBLEU, lowercased Moses-tokenized BLEU, chrF and the output's length over the references'
-(`jax_transformer.cli.evaluate.score`; under 1, BLEU's brevity penalty applies), chosen by lc-tok BLEU; for 'rouge' ROUGE-1/2/L F1 (`evaluate.score_rouge`, max over references), chosen by ROUGE-1.
+(`jax_transformer.cli.evaluate.score`; under 1, BLEU's brevity penalty applies), chosen by lc-tok BLEU; for
+'rouge' ROUGE-1/2/L F1 (`evaluate.score_rouge`, max over references), chosen by ROUGE-1.
 Tune on val only: the test split is for the final figure. Writes the table as JSON with --json-out.
 """
 
@@ -56,8 +57,8 @@ def main(argv=None) -> int:
                 row = {"beam": beam, "alpha": alpha, **{c: s[c] for c in columns},
                        "seconds": round(time.time() - started, 1)}  # fmt: skip
                 rows.append(row)
-                print(f"| {beam} | {alpha:g} | {' | '.join(f'{row[c]:.3f}' if c == 'length_ratio' else f'{row[c]:.2f}' for c in columns)} "
-                      f"| {row['seconds']:.0f} |", flush=True)  # fmt: skip
+                cells = " | ".join(f"{row[c]:.3f}" if c == "length_ratio" else f"{row[c]:.2f}" for c in columns)
+                print(f"| {beam} | {alpha:g} | {cells} | {row['seconds']:.0f} |", flush=True)
         best = max(rows, key=lambda r: r[key])
         print(f"best on {args.split}: beam {best['beam']}, alpha {best['alpha']:g} ({key} {best[key]:.2f})",
               file=sys.stderr)
