@@ -34,7 +34,7 @@ def score(hypotheses: list[str], references: list[str], target_lang: str) -> dic
     # a ratio under 1 costs BLEU through the penalty, one over 1 only through the n-gram precisions
     return {
         "bleu": round(cased.score, 2), "lc_tok_bleu": round(lc.score, 2), "chrf": round(chrf_score.score, 2),
-        "length_ratio": round(lc.sys_len / max(lc.ref_len, 1), 3), "brevity_penalty": round(lc.bp, 3),
+        "length_ratio": round(lc.ratio, 3), "brevity_penalty": round(lc.bp, 3),
         "bleu_signature": cased_sig, "lc_tok_bleu_signature": lc_sig, "chrf_signature": chrf_sig,
     }  # fmt: skip
 
