@@ -3,6 +3,7 @@
   python scripts/ablation_table.py RUNS --baseline baseline
   python scripts/ablation_table.py RUNS --baseline baseline --results results_avg5.json
   python scripts/ablation_table.py RUNS --baseline baseline --partial   # while some runs are still training
+  python scripts/ablation_table.py RECORDS --baseline baseline --add RUNS   # keep RUNS' records, then the table
 
 RUNS/ARM/SEED/ are run directories trained and scored by `scripts/multi30k_results.py ... run_dir=RUNS/ARM/SEED`
 (each holds config.json, metrics.jsonl and the results file). The `change` column is the difference between the
@@ -15,11 +16,20 @@ validation (the trained weights, not averaged; blank unless every seed has one; 
 vocabulary: a perplexity per piece of another segmentation does not compare with the baseline's), the mean
 test2016 lc-tok BLEU (reported: choose on val only) and each seed's training minutes (not averaged: runs that shared
 the machine are slower). Prints a Markdown table; exits 1 with one line on a missing, damaged or unscored run.
+
+A run's checkpoints are large and its directory is not kept for ever; the table needs only three small files of it.
+`--add RUNS` copies config.json, the results file and metrics.jsonl of every scored run RUNS/ARM/SEED into the same
+place under the first argument (a folder that can be committed: docs/ablation), leaves records that are already
+there as they are (and stops with one line where one differs from its run), then prints the table from the records.
+A record whose run directory was lost before it was kept holds its config.json and a results file written by hand
+with a "recorded" entry saying where its figures come from; it has no metrics.jsonl, and its seeds are marked.
 """
 
 import argparse
+import filecmp
 import json
 import os
+import shutil
 import sys
 
 from jax_transformer.config import Config, ConfigError
@@ -65,9 +75,14 @@ def read_json(path: str):
         raise damaged(path, err) from err
 
 
+RECORD_FILES = ("config.json", "metrics.jsonl")  # with the results file
+
+
 def read_run(run_dir: str, results_name: str) -> dict:
     """Settings, results and last in-loop validation perplexity of one scored run; AblationError if incomplete."""
     paths = {name: os.path.join(run_dir, name) for name in ("config.json", results_name, "metrics.jsonl")}
+    if os.path.exists(paths[results_name]) and "recorded" in read_json(paths[results_name]):
+        del paths["metrics.jsonl"]  # a record written by hand: its run directory (and log) was lost
     for name, path in paths.items():
         if not os.path.exists(path):
             hint = "train and score it with scripts/multi30k_results.py" if name != "config.json" else "not a run"
@@ -80,12 +95,42 @@ def read_run(run_dir: str, results_name: str) -> dict:
     for key in RESULT_KEYS:
         if not isinstance(results.get(key), (int, float)):
             raise AblationError(f"{paths[results_name]} has no {key}; score the run with scripts/multi30k_results.py")
+    if "metrics.jsonl" not in paths:
+        return {"settings": settings(config), "results": results, "ppl": None, "recorded": True}
     try:
         records = read_metrics(run_dir)
     except DAMAGED as err:
         raise damaged(paths["metrics.jsonl"], err) from err
     ppl = [r["ppl"] for r in records if r.get("kind") == "valid" and "ppl" in r]
-    return {"settings": settings(config), "results": results, "ppl": ppl[-1] if ppl else None}
+    return {"settings": settings(config), "results": results, "ppl": ppl[-1] if ppl else None, "recorded": False}
+
+
+def same_file(a: str, b: str) -> bool:
+    return os.path.exists(b) and filecmp.cmp(a, b, shallow=False)
+
+
+def keep_records(runs_root: str, records_root: str, results_name: str) -> list[str]:
+    """Copy the record files of every scored run RUNS/ARM/SEED to RECORDS/ARM/SEED; returns the runs newly kept."""
+    kept = []
+    runs = [(arm, seed) for arm in sorted(os.listdir(runs_root)) if os.path.isdir(os.path.join(runs_root, arm))
+            for seed in sorted(os.listdir(os.path.join(runs_root, arm)))]  # fmt: skip
+    for arm, seed in runs:
+        run, record = os.path.join(runs_root, arm, seed), os.path.join(records_root, arm, seed)
+        if not os.path.exists(os.path.join(run, results_name)):
+            continue  # still training, or not a run
+        read_run(run, results_name)  # whole and readable before it is kept
+        names = (results_name, *RECORD_FILES)
+        if os.path.isdir(record):
+            for name in names:
+                if not same_file(os.path.join(run, name), os.path.join(record, name)):
+                    raise AblationError(f"{record}/{name} differs from {run}/{name}: remove the record first if "
+                                        "the run was trained or scored again")  # fmt: skip
+            continue
+        os.makedirs(record)
+        for name in names:
+            shutil.copyfile(os.path.join(run, name), os.path.join(record, name))
+        kept.append(f"{arm}/{seed}")
+    return kept
 
 
 def changed_keys(arm: dict, baseline: dict) -> list[str]:
@@ -137,7 +182,7 @@ def table(runs_root: str, baseline: str, results_name: str, partial: bool = Fals
         "| val mean - baseline | verdict | last in-loop val ppl | test2016 lc-tok mean | minutes per seed |",
         "|---|---|---:|---|---:|---:|---|---:|---:|---:|",
     ]
-    marked = False
+    marked = recorded = False
     for arm in [baseline] + [a for a in data if a != baseline]:
         runs = data[arm]
         changes = {describe_change(r["settings"], base_settings) for r in runs}
@@ -154,13 +199,17 @@ def table(runs_root: str, baseline: str, results_name: str, partial: bool = Fals
         delta = "" if arm == baseline else f"{mean(val) - base_val:+.2f}"
         spread = max(base_range, max(val) - min(val))
         judged = "" if arm == baseline else verdict(mean(val) - base_val, len(runs), spread)
+        recorded = recorded or any(r["recorded"] for r in runs)
+        per_seed = " / ".join(f"{v:.2f}{'†' if r['recorded'] else ''}" for v, r in zip(val, runs, strict=True))
         rows.append(
-            f"| {arm} | {change} | {len(runs)} | {' / '.join(f'{v:.2f}' for v in val)} | "
+            f"| {arm} | {change} | {len(runs)} | {per_seed} | "
             f"{mean(val):.2f} ({max(val) - min(val):.2f}) | {delta} | {judged} | {ppl_cell} | "
             f"{mean(test):.2f} | {minutes_cell} |"
         )
     if marked:
         rows.append("\n\\* perplexity per piece of another vocabulary: not comparable with the baseline's")
+    if recorded:
+        rows.append("\n† a record written by hand, its run directory lost: the figures recorded when it was scored")
     if unfinished:
         rows.append(f"\nnot scored yet (left out): {', '.join(unfinished)}")
     return "\n".join(rows)
@@ -168,16 +217,22 @@ def table(runs_root: str, baseline: str, results_name: str, partial: bool = Fals
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", help="folder of arms: RUNS/ARM/SEED/ run directories")
+    parser.add_argument("runs", help="folder of arms: RUNS/ARM/SEED/ run directories (or their records)")
     parser.add_argument("--baseline", required=True, help="the arm every other is compared with")
     parser.add_argument("--results", default="results.json", help="results file of each run (results_avgN.json)")
     parser.add_argument("--partial", action="store_true",
                         help="leave out runs without a results file (still training) and list them under the table")
+    parser.add_argument("--add", metavar="RUNS", default="",
+                        help="first keep the records of the scored runs in RUNS/ARM/SEED/ under the first argument")
     args = parser.parse_args(argv)
-    if not os.path.isdir(args.runs):
-        print(f"error: {args.runs} is not a folder", file=sys.stderr)
-        return 1
+    for folder in (args.runs, args.add):
+        if folder and not os.path.isdir(folder):
+            print(f"error: {folder} is not a folder", file=sys.stderr)
+            return 1
     try:
+        if args.add:
+            kept = keep_records(args.add, args.runs, args.results)
+            print(f"kept {len(kept)} new record(s) in {args.runs}: {', '.join(kept) or 'none'}", file=sys.stderr)
         print(table(args.runs, args.baseline, args.results, args.partial))
     except AblationError as err:
         print(f"error: {err}", file=sys.stderr)

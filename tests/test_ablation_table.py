@@ -138,3 +138,49 @@ def test_the_verdict_follows_the_seed_rule():
     assert ablation_table.verdict(-0.5, 2, 0.42) == "worse"
     assert ablation_table.verdict(+0.42, 3, 0.42) == "better"  # a difference as large as the spread counts
     assert ablation_table.verdict(-0.1, 3, 0.6) == "no clear difference (3 seeds)"
+
+
+def test_add_keeps_the_records_of_scored_runs_and_the_table_reads_them_alone(tmp_path, capsys):
+    runs, records = tmp_path / "runs", tmp_path / "records"
+    _run(runs / "base" / "s0", 0, 40.0, 39.0, 5.0)
+    _run(runs / "attn" / "s0", 0, 41.5, 40.0, 4.9, attention_dropout=0.1)
+    _run(runs / "attn" / "s1", 1, 42.5, 40.5, 4.7, attention_dropout=0.1)
+    os.remove(runs / "attn" / "s1" / "results.json")  # still training: not kept
+    os.makedirs(records)
+    assert ablation_table.main([str(records), "--baseline", "base", "--add", str(runs)]) == 0
+    out, err = capsys.readouterr()
+    assert "kept 2 new record(s)" in err and "attn/s0, base/s0" in err
+    assert sorted(os.listdir(records / "attn" / "s0")) == ["config.json", "metrics.jsonl", "results.json"]
+    assert not os.path.exists(records / "attn" / "s1")
+    for name in os.listdir(runs):  # the checkpoints go; the records keep the table
+        os.rename(runs / name, tmp_path / f"gone_{name}")
+    assert ablation_table.main([str(records), "--baseline", "base"]) == 0
+    assert capsys.readouterr().out == out
+    _run(runs / "attn" / "s0", 0, 41.0, 40.0, 4.9, attention_dropout=0.1)  # scored again, differently
+    assert ablation_table.main([str(records), "--baseline", "base", "--add", str(runs)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "results.json differs from" in err and "remove the record first" in err
+
+
+def test_a_record_written_by_hand_needs_no_log_and_is_marked(tmp_path, capsys):
+    _run(tmp_path / "base" / "s0", 0, 40.0, 39.0, 5.0)
+    _run(tmp_path / "base" / "s1", 1, 41.0, 39.5, 4.8)
+    os.remove(tmp_path / "base" / "s1" / "metrics.jsonl")
+    assert ablation_table.main([str(tmp_path), "--baseline", "base"]) == 1  # a run without its log: an error
+    assert "metrics.jsonl is missing" in capsys.readouterr().err
+    with open(tmp_path / "base" / "s1" / "results.json", "w") as f:
+        json.dump({"val_lc_tok_bleu": 41.0, "test2016_lc_tok_bleu": 39.5, "recorded": "from the notes"}, f)
+    assert ablation_table.main([str(tmp_path), "--baseline", "base"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[2] == "| base | - | 2 | 40.00 / 41.00† | 40.50 (1.00) |  |  |  | 39.25 | 50.0 /  |"
+    assert lines[-1].startswith("† a record written by hand")
+
+
+def test_the_committed_records_rebuild_the_table_in_the_results_doc(capsys):
+    """docs/results.md shows the table that docs/ablation/ gives: a new record without its row (or a row edited by
+    hand) fails here."""
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
+    assert ablation_table.main([os.path.join(root, "ablation"), "--baseline", "base"]) == 0
+    table = capsys.readouterr().out.strip()
+    with open(os.path.join(root, "results.md"), encoding="utf-8") as f:
+        assert table in f.read()
