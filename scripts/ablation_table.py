@@ -81,28 +81,37 @@ RECORD_FILES = ("config.json", "metrics.jsonl")  # with the results file
 def read_run(run_dir: str, results_name: str) -> dict:
     """Settings, results and last in-loop validation perplexity of one scored run; AblationError if incomplete."""
     paths = {name: os.path.join(run_dir, name) for name in ("config.json", results_name, "metrics.jsonl")}
-    if os.path.exists(paths[results_name]) and "recorded" in read_json(paths[results_name]):
-        del paths["metrics.jsonl"]  # a record written by hand: its run directory (and log) was lost
-    for name, path in paths.items():
-        if not os.path.exists(path):
+
+    def require(name: str) -> None:
+        if not os.path.exists(paths[name]):
             hint = "train and score it with scripts/multi30k_results.py" if name != "config.json" else "not a run"
-            raise AblationError(f"{path} is missing ({hint})")
+            raise AblationError(f"{paths[name]} is missing ({hint})")
+
+    require("config.json")
+    require(results_name)
+    results = read_json(paths[results_name])
+    recorded = "recorded" in results  # a record written by hand: its run directory (and log) was lost
+    if not recorded:
+        require("metrics.jsonl")
     try:  # through the typed config: a key an older run's config.json lacks reads as its default
         config = Config.load(paths["config.json"]).to_dict()
     except ConfigError as err:
         raise AblationError(f"{paths['config.json']}: {err}") from err
-    results = read_json(paths[results_name])
     for key in RESULT_KEYS:
         if not isinstance(results.get(key), (int, float)):
             raise AblationError(f"{paths[results_name]} has no {key}; score the run with scripts/multi30k_results.py")
-    if "metrics.jsonl" not in paths:
-        return {"settings": settings(config), "results": results, "ppl": None, "recorded": True}
-    try:
-        records = read_metrics(run_dir)
-    except DAMAGED as err:
-        raise damaged(paths["metrics.jsonl"], err) from err
-    ppl = [r["ppl"] for r in records if r.get("kind") == "valid" and "ppl" in r]
-    return {"settings": settings(config), "results": results, "ppl": ppl[-1] if ppl else None, "recorded": False}
+    ppl = None
+    if not recorded:
+        try:
+            records = read_metrics(run_dir)
+        except DAMAGED as err:
+            raise damaged(paths["metrics.jsonl"], err) from err
+        ppl = next((r["ppl"] for r in reversed(records) if r.get("kind") == "valid" and "ppl" in r), None)
+    return {"settings": settings(config), "results": results, "ppl": ppl, "recorded": recorded}
+
+
+def subfolders(path: str) -> list[str]:
+    return sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
 
 
 def same_file(a: str, b: str) -> bool:
@@ -112,8 +121,7 @@ def same_file(a: str, b: str) -> bool:
 def keep_records(runs_root: str, records_root: str, results_name: str) -> list[str]:
     """Copy the record files of every scored run RUNS/ARM/SEED to RECORDS/ARM/SEED; returns the runs newly kept."""
     kept = []
-    runs = [(arm, seed) for arm in sorted(os.listdir(runs_root)) if os.path.isdir(os.path.join(runs_root, arm))
-            for seed in sorted(os.listdir(os.path.join(runs_root, arm)))]  # fmt: skip
+    runs = [(arm, seed) for arm in subfolders(runs_root) for seed in subfolders(os.path.join(runs_root, arm))]
     for arm, seed in runs:
         run, record = os.path.join(runs_root, arm, seed), os.path.join(records_root, arm, seed)
         if not os.path.exists(os.path.join(run, results_name)):
@@ -157,13 +165,13 @@ def verdict(delta: float, seeds: int, spread: float) -> str:
 
 
 def table(runs_root: str, baseline: str, results_name: str, partial: bool = False) -> str:
-    arms = sorted(d for d in os.listdir(runs_root) if os.path.isdir(os.path.join(runs_root, d)))
+    arms = subfolders(runs_root)
     if baseline not in arms:
         raise AblationError(f"no baseline arm {baseline!r} in {runs_root} (arms: {', '.join(arms) or 'none'})")
     data, unfinished = {}, []
     for arm in arms:
         folder = os.path.join(runs_root, arm)
-        seeds = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
+        seeds = subfolders(folder)
         if not seeds:
             raise AblationError(f"{folder} holds no run directories (expected {folder}/SEED/)")
         if partial:  # runs still training (no results file yet) are listed under the table instead
@@ -182,7 +190,7 @@ def table(runs_root: str, baseline: str, results_name: str, partial: bool = Fals
         "| val mean - baseline | verdict | last in-loop val ppl | test2016 lc-tok mean | minutes per seed |",
         "|---|---|---:|---|---:|---:|---|---:|---:|---:|",
     ]
-    marked = recorded = False
+    marked = False
     for arm in [baseline] + [a for a in data if a != baseline]:
         runs = data[arm]
         changes = {describe_change(r["settings"], base_settings) for r in runs}
@@ -199,7 +207,6 @@ def table(runs_root: str, baseline: str, results_name: str, partial: bool = Fals
         delta = "" if arm == baseline else f"{mean(val) - base_val:+.2f}"
         spread = max(base_range, max(val) - min(val))
         judged = "" if arm == baseline else verdict(mean(val) - base_val, len(runs), spread)
-        recorded = recorded or any(r["recorded"] for r in runs)
         per_seed = " / ".join(f"{v:.2f}{'†' if r['recorded'] else ''}" for v, r in zip(val, runs, strict=True))
         rows.append(
             f"| {arm} | {change} | {len(runs)} | {per_seed} | "
@@ -208,7 +215,7 @@ def table(runs_root: str, baseline: str, results_name: str, partial: bool = Fals
         )
     if marked:
         rows.append("\n\\* perplexity per piece of another vocabulary: not comparable with the baseline's")
-    if recorded:
+    if any(r["recorded"] for runs in data.values() for r in runs):
         rows.append("\n† a record written by hand, its run directory lost: the figures recorded when it was scored")
     if unfinished:
         rows.append(f"\nnot scored yet (left out): {', '.join(unfinished)}")
