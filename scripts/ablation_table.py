@@ -4,6 +4,7 @@
   python scripts/ablation_table.py RUNS --baseline baseline --results results_avg5.json
   python scripts/ablation_table.py RUNS --baseline baseline --partial   # while some runs are still training
   python scripts/ablation_table.py RECORDS --baseline baseline --add RUNS   # keep RUNS' records, then the table
+  python scripts/ablation_table.py RECORDS --baseline baseline --doc docs/results.md   # and write it there
 
 RUNS/ARM/SEED/ are run directories trained and scored by `scripts/multi30k_results.py ... run_dir=RUNS/ARM/SEED`
 (each holds config.json, metrics.jsonl and the results file). The `change` column is the difference between the
@@ -21,6 +22,8 @@ A run's checkpoints are large and its directory is not kept for ever; the table 
 `--add RUNS` copies config.json, the results file and metrics.jsonl of every scored run RUNS/ARM/SEED into the same
 place under the first argument (a folder that can be committed: docs/ablation), leaves records that are already
 there as they are (and stops with one line where one differs from its run), then prints the table from the records.
+`--doc FILE` also writes the table into FILE (docs/results.md) between the lines `<!-- ablation table -->` and
+`<!-- end of ablation table -->`, leaving the rest of the file as it is.
 A record whose run directory was lost before it was kept holds its config.json and a results file written by hand
 with a "recorded" entry saying where its figures come from; it has no metrics.jsonl, and its seeds are marked.
 """
@@ -222,15 +225,45 @@ def table(runs_root: str, baseline: str, results_name: str, partial: bool = Fals
     return "\n".join(rows)
 
 
+DOC_START, DOC_END = "<!-- ablation table -->", "<!-- end of ablation table -->"
+
+
+def write_into_doc(path: str, text: str) -> None:
+    """Replace what lies between the DOC_START and DOC_END lines of the Markdown file `path` with `text`."""
+    if not os.path.isfile(path):
+        raise AblationError(f"{path} does not exist")
+    with open(path, encoding="utf-8") as f:
+        doc = f.read()
+    start, end = doc.find(DOC_START + "\n"), doc.find("\n" + DOC_END)
+    if start < 0 or end < start or doc.count(DOC_START) != 1:
+        raise AblationError(f"{path} needs one line {DOC_START} and, after it, one line {DOC_END} around the table")
+    start += len(DOC_START) + 1
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(doc[:start] + "\n" + text + "\n" + doc[end:])  # blank lines around the table
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", help="folder of arms: RUNS/ARM/SEED/ run directories (or their records)")
     parser.add_argument("--baseline", required=True, help="the arm every other is compared with")
     parser.add_argument("--results", default="results.json", help="results file of each run (results_avgN.json)")
-    parser.add_argument("--partial", action="store_true",
-                        help="leave out runs without a results file (still training) and list them under the table")
-    parser.add_argument("--add", metavar="RUNS", default="",
-                        help="first keep the records of the scored runs in RUNS/ARM/SEED/ under the first argument")
+    parser.add_argument(
+        "--partial",
+        action="store_true",
+        help="leave out runs without a results file (still training) and list them under the table",
+    )
+    parser.add_argument(
+        "--add",
+        metavar="RUNS",
+        default="",
+        help="first keep the records of the scored runs in RUNS/ARM/SEED/ under the first argument",
+    )
+    parser.add_argument(
+        "--doc",
+        metavar="FILE",
+        default="",
+        help=f"also write the table into FILE between the lines {DOC_START} and {DOC_END}",
+    )
     args = parser.parse_args(argv)
     for folder in (args.runs, args.add):
         if folder and not os.path.isdir(folder):
@@ -240,7 +273,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.add:
             kept = keep_records(args.add, args.runs, args.results)
             print(f"kept {len(kept)} new record(s) in {args.runs}: {', '.join(kept) or 'none'}", file=sys.stderr)
-        print(table(args.runs, args.baseline, args.results, args.partial))
+        text = table(args.runs, args.baseline, args.results, args.partial)
+        if args.doc:
+            write_into_doc(args.doc, text)
+        print(text)
     except AblationError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -176,11 +176,33 @@ def test_a_record_written_by_hand_needs_no_log_and_is_marked(tmp_path, capsys):
     assert lines[-1].startswith("† a record written by hand")
 
 
+def test_doc_writes_the_table_between_its_markers_and_nothing_else(tmp_path, capsys):
+    _run(tmp_path / "runs" / "base" / "s0", 0, 40.0, 39.0, 5.0)
+    doc = tmp_path / "results.md"
+    before, after = "# Results\n\ntext before\n\n", "\n\ntext after\n"
+    doc.write_text(before + "<!-- ablation table -->\n| old | table |\n<!-- end of ablation table -->" + after)
+    assert ablation_table.main([str(tmp_path / "runs"), "--baseline", "base", "--doc", str(doc)]) == 0
+    table = capsys.readouterr().out.strip()
+    assert doc.read_text() == (
+        before + "<!-- ablation table -->\n\n" + table + "\n\n<!-- end of ablation table -->" + after
+    )
+    assert ablation_table.main([str(tmp_path / "runs"), "--baseline", "base", "--doc", str(doc)]) == 0
+    assert doc.read_text().count(table) == 1  # written again in place: the same file
+
+    doc.write_text("# Results without markers\n")
+    assert ablation_table.main([str(tmp_path / "runs"), "--baseline", "base", "--doc", str(doc)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "<!-- ablation table -->" in err
+    assert doc.read_text() == "# Results without markers\n"  # left as it was
+
+
 def test_the_committed_records_rebuild_the_table_in_the_results_doc(capsys):
-    """docs/results.md shows the table that docs/ablation/ gives: a new record without its row (or a row edited by
-    hand) fails here."""
+    """docs/results.md shows, between its markers, exactly the table that docs/ablation/ gives: a new record without
+    its row (or a row edited by hand) fails here."""
     root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
     assert ablation_table.main([os.path.join(root, "ablation"), "--baseline", "base"]) == 0
     table = capsys.readouterr().out.strip()
     with open(os.path.join(root, "results.md"), encoding="utf-8") as f:
-        assert table in f.read()
+        doc = f.read()
+    between = doc.split(ablation_table.DOC_START, 1)[1].split(ablation_table.DOC_END, 1)[0]
+    assert between == "\n\n" + table + "\n\n"
