@@ -4,9 +4,10 @@
   python scripts/multi30k_results.py --config configs/multi30k_en_de.py --skip-train   # score a finished run
 
 Steps: train the recipe (or resume it: re-running continues from the latest checkpoint); average its last N
-checkpoints; translate val and test2016 with the recipe's beam search; score the cased, detokenized output with
-cased sacreBLEU, lowercased Moses-tokenized BLEU (the Multi30k literature's figure) and chrF; read the time to
-quality from the run's validation log; draw the training curves (PNG).
+checkpoints into RUN/avgN; translate val and test2016 with the recipe's beam search (the translations are kept as
+RUN/avgN/val.de and test2016.de); score the cased, detokenized output with cased sacreBLEU, lowercased
+Moses-tokenized BLEU (the Multi30k literature's figure) and chrF; read the time to quality from the run's validation
+log; draw the training curves (PNG).
 
 With --at-step S the averaged model is that of the N checkpoints up to step S (the run as if stopped there: with the
 recipe's inverse-sqrt schedule, which does not depend on train.steps, that is exactly the run with train.steps=S),
@@ -29,13 +30,17 @@ import shutil
 import sys
 
 
-def score_split(translator, split: str, data_dir: str, decode) -> dict:
+def score_split(translator, split: str, data_dir: str, decode, out: str = "") -> dict:
     """Scores of `split` decoded with the recipe's beam size and alpha (`decode`), whatever the checkpoint's saved
-    config says (a run trained before the recipe's decoding was tuned keeps its old values)."""
+    config says (a run trained before the recipe's decoding was tuned keeps its old values). With `out`, the
+    translations are also written there, one per line (`sacrebleu REF -i OUT_A OUT_B --paired-bs -m bleu` compares two)."""
     from jax_transformer.cli.evaluate import score, split_texts
 
     sources, references = split_texts(translator.config.data, split, data_dir)
     hypotheses = translator.translate(sources, beam_size=decode.beam_size, alpha=decode.alpha, progress=False)
+    if out:
+        with open(out, "w", encoding="utf-8") as f:
+            f.writelines(h + "\n" for h in hypotheses)
     return score(hypotheses, [refs[0] for refs in references], translator.config.data.tgt_lang)
 
 
@@ -181,7 +186,9 @@ def result(config, args, suffix: str) -> dict:
     import jax
 
     params = sum(x.size for x in jax.tree.leaves(translator.params))
-    results = {split: score_split(translator, split, args.data_dir, config.decode) for split in ("val", "test2016")}
+    tgt = config.data.tgt_lang
+    results = {split: score_split(translator, split, args.data_dir, config.decode, f"{model_dir}/{split}.{tgt}")
+               for split in ("val", "test2016")}  # fmt: skip
 
     curve = []
     if args.test_curve:

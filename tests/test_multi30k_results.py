@@ -78,6 +78,8 @@ def test_one_run_without_seeds_writes_results_json(recipe, tmp_path):
     assert row["steps"] == 4 and row["averaged_steps"] == [4] and row["seed"] == 0
     assert 0 <= row["test2016_lc_tok_bleu"] <= 100 and row["parameters"] > 0
     assert os.path.exists(row["curves_png"])
+    for split in ("val", "test2016"):  # the scored translations are kept, one line per sentence
+        assert len(open(tmp_path / "run" / "avg10" / f"{split}.de", encoding="utf-8").readlines()) == 8
     assert not os.path.exists(tmp_path / "run" / "results_seeds.json")
 
 
