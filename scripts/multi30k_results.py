@@ -33,7 +33,7 @@ import sys
 def score_split(translator, split: str, data_dir: str, decode, out: str = "") -> dict:
     """Scores of `split` decoded with the recipe's beam size and alpha (`decode`), whatever the checkpoint's saved
     config says (a run trained before the recipe's decoding was tuned keeps its old values). With `out`, the
-    translations are also written there, one per line (`sacrebleu REF -i OUT_A OUT_B --paired-bs -m bleu` compares two)."""
+    translations are also written there, one per line (`sacrebleu REF -i A B --paired-bs -m bleu` compares two)."""
     from jax_transformer.cli.evaluate import score, split_texts
 
     sources, references = split_texts(translator.config.data, split, data_dir)
