@@ -228,18 +228,23 @@ def table(runs_root: str, baseline: str, results_name: str, partial: bool = Fals
 DOC_START, DOC_END = "<!-- ablation table -->", "<!-- end of ablation table -->"
 
 
-def write_into_doc(path: str, text: str) -> None:
-    """Replace what lies between the DOC_START and DOC_END lines of the Markdown file `path` with `text`."""
+def split_doc(path: str) -> tuple[str, str]:
+    """The Markdown file `path` as (up to and including its DOC_START line, from the newline before DOC_END on)."""
     if not os.path.isfile(path):
         raise AblationError(f"{path} does not exist")
     with open(path, encoding="utf-8") as f:
         doc = f.read()
     start, end = doc.find(DOC_START + "\n"), doc.find("\n" + DOC_END)
-    if start < 0 or end < start or doc.count(DOC_START) != 1:
+    if start < 0 or end < start or doc.count(DOC_START) != 1 or doc.count(DOC_END) != 1:
         raise AblationError(f"{path} needs one line {DOC_START} and, after it, one line {DOC_END} around the table")
-    start += len(DOC_START) + 1
+    return doc[: start + len(DOC_START) + 1], doc[end:]
+
+
+def write_into_doc(path: str, text: str) -> None:
+    """Replace what lies between the DOC_START and DOC_END lines of the Markdown file `path` with `text`."""
+    before, after = split_doc(path)
     with open(path, "w", encoding="utf-8") as f:
-        f.write(doc[:start] + "\n" + text + "\n" + doc[end:])  # blank lines around the table
+        f.write(before + "\n" + text + "\n" + after)  # blank lines around the table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -269,7 +274,12 @@ def main(argv: list[str] | None = None) -> int:
         if folder and not os.path.isdir(folder):
             print(f"error: {folder} is not a folder", file=sys.stderr)
             return 1
+    if args.doc and args.partial:
+        print("error: --doc writes the table of scored runs only: leave out --partial", file=sys.stderr)
+        return 1
     try:
+        if args.doc:
+            split_doc(args.doc)  # before anything is copied
         if args.add:
             kept = keep_records(args.add, args.runs, args.results)
             print(f"kept {len(kept)} new record(s) in {args.runs}: {', '.join(kept) or 'none'}", file=sys.stderr)

@@ -4,10 +4,10 @@
   python scripts/multi30k_results.py --config configs/multi30k_en_de.py --skip-train   # score a finished run
 
 Steps: train the recipe (or resume it: re-running continues from the latest checkpoint); average its last N
-checkpoints into RUN/avgN; translate val and test2016 with the recipe's beam search (the translations are kept as
-RUN/avgN/val.de and test2016.de); score the cased, detokenized output with cased sacreBLEU, lowercased
-Moses-tokenized BLEU (the Multi30k literature's figure) and chrF; read the time to quality from the run's validation
-log; draw the training curves (PNG).
+checkpoints into RUN/avgN (rebuilt each time); translate val and test2016 with the recipe's beam search (the
+translations go into that folder too: RUN/avgN/val.TGT and test2016.TGT, TGT the target language); score the cased,
+detokenized output with cased sacreBLEU, lowercased Moses-tokenized BLEU (the Multi30k literature's figure) and chrF;
+read the time to quality from the run's validation log; draw the training curves (PNG).
 
 With --at-step S the averaged model is that of the N checkpoints up to step S (the run as if stopped there: with the
 recipe's inverse-sqrt schedule, which does not depend on train.steps, that is exactly the run with train.steps=S),
@@ -16,7 +16,8 @@ The default (the last 10, the whole run) writes RUN/results.json; any other --av
 
 With --seeds S1,S2,... the recipe is trained (or resumed) and scored once per seed, the config's own seed in its run
 directory RUN and every other seed S in RUN_sS; each keeps its own results file, and the mean and range over the seeds
-(the figure a results row reports) go to results_seeds.json in the first seed's directory.
+(the figure a results row reports) go to results_seeds.json (results_seeds_avgN[_atS].json for the other results
+files) in the first seed's directory.
 
 With --test-curve every checkpoint the run still keeps is also scored on test2016 (beam search, no averaging), which
 gives the wall time at which a single checkpoint first passes the --target lc-tok BLEU on test2016. That is for the
@@ -82,7 +83,8 @@ def seed_list(text: str) -> list[int]:
 
 def seed_run_dir(config, seed: int) -> str:
     """Where seed `seed` of a recipe trains: its own run directory for the config's seed, RUN_sSEED for any other."""
-    return config.directory if seed == config.seed else f"{config.directory}_s{seed}"
+    directory = os.path.normpath(config.directory)  # runs/x/ -> runs/x_s1, not runs/x/_s1
+    return directory if seed == config.seed else f"{directory}_s{seed}"
 
 
 def over_seeds(rows: list[dict]) -> dict:
@@ -116,6 +118,8 @@ def main(argv=None) -> int:
         parser.error(f"--seeds lists a seed twice: {args.seeds}")
     if args.seeds is not None and args.png:
         parser.error("--png names one file; with --seeds each seed draws RUN/curves.png")
+    if args.seeds is not None and any(o.split("=", 1)[0] == "seed" for o in args.overrides):
+        parser.error("--seeds sets each run's seed: leave out the seed= override")
     at = "" if args.at_step is None else f"_at{args.at_step}"
     default = not at and args.average == parser.get_default("average")  # other averages keep their own file
     suffix = "" if default else f"_avg{args.average}{at}"
@@ -125,17 +129,23 @@ def main(argv=None) -> int:
     def run():
         import dataclasses
 
-        from jax_transformer.config import load_config_file
+        from jax_transformer.config import UserError, load_config_file
 
         config = load_config_file(args.config, args.overrides)
         if args.seeds is None:
             result(config, args, suffix)
             return
+        configs = [dataclasses.replace(config, seed=seed, run_dir=seed_run_dir(config, seed)) for seed in args.seeds]
+        missing = [c.directory for c in configs if not os.path.exists(os.path.join(c.directory, "config.json"))]
+        if args.skip_train and missing:
+            raise UserError(f"--skip-train: no run in {', '.join(missing)}; train those seeds first (no --skip-train)")
         rows = []
-        for seed in args.seeds:
-            print(f"seed {seed}: {seed_run_dir(config, seed)}", file=sys.stderr)
-            rows.append(result(dataclasses.replace(config, seed=seed, run_dir=seed_run_dir(config, seed)), args,
-                               suffix))  # fmt: skip
+        for seed_config in configs:
+            print(f"seed {seed_config.seed}: {seed_config.directory}", file=sys.stderr)
+            rows.append(result(seed_config, args, suffix))
+            if rows[-1]["seed"] != seed_config.seed:
+                raise UserError(f"{seed_config.directory} holds a run of seed {rows[-1]['seed']}, not "
+                                f"{seed_config.seed}: move it away, or list its seed in --seeds")  # fmt: skip
         summary = over_seeds(rows)
         with open(os.path.join(rows[0]["run_dir"], f"results_seeds{suffix}.json"), "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2)
@@ -206,7 +216,7 @@ def result(config, args, suffix: str) -> dict:
     test = results["test2016"]
     row = {
         "recipe": config.name, "direction": f"{config.data.src_lang}->{config.data.tgt_lang}",
-        "seed": config.seed, "run_dir": run_dir,
+        "seed": translator.config.seed, "run_dir": run_dir,  # the scored run's own seed (--skip-train)
         "test2016_lc_tok_bleu": test["lc_tok_bleu"], "test2016_bleu": test["bleu"], "test2016_chrf": test["chrf"],
         "val_lc_tok_bleu": results["val"]["lc_tok_bleu"], "val_bleu": results["val"]["bleu"],
         "val_length_ratio": results["val"]["length_ratio"], "test2016_length_ratio": test["length_ratio"],

@@ -194,6 +194,8 @@ def test_doc_writes_the_table_between_its_markers_and_nothing_else(tmp_path, cap
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "<!-- ablation table -->" in err
     assert doc.read_text() == "# Results without markers\n"  # left as it was
+    assert ablation_table.main([str(tmp_path / "runs"), "--baseline", "base", "--doc", str(doc), "--partial"]) == 1
+    assert "leave out --partial" in capsys.readouterr().err
 
 
 def test_the_committed_records_rebuild_the_table_in_the_results_doc(capsys):

@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from jax_transformer.config import Config
 from tests.scripts import ROOT, load_script
 
 MULTI30K = os.path.join(ROOT, "data", "multi30k")
@@ -69,6 +70,13 @@ def test_seeds_train_in_their_own_directories_and_report_mean_and_range(recipe, 
     chrf = summary["test2016_chrf"]
     assert table.startswith("| t | en->de | 0,3 | ") and f"| {chrf['mean']:.2f} |" in table
 
+    # scored again alone, without its seed on the command line, a run's row names the seed it was trained with
+    assert (
+        script.main(["--config", path, "--data-dir", corpus, "--average", "2", "--skip-train", f"run_dir={run}_s3"])
+        == 0
+    )
+    assert json.loads((tmp_path / "run_s3" / "results_avg2.json").read_text())["seed"] == 3
+
 
 def test_one_run_without_seeds_writes_results_json(recipe, tmp_path):
     path, corpus = recipe
@@ -81,6 +89,25 @@ def test_one_run_without_seeds_writes_results_json(recipe, tmp_path):
     for split in ("val", "test2016"):  # the scored translations are kept, one line per sentence
         assert len(open(tmp_path / "run" / "avg10" / f"{split}.de", encoding="utf-8").readlines()) == 8
     assert not os.path.exists(tmp_path / "run" / "results_seeds.json")
+
+
+def test_each_seed_has_its_own_directory_beside_the_configs():
+    script = load_script("multi30k_results")
+    config = Config(name="t", run_dir="runs/x/", seed=0)  # a trailing slash, as shell completion leaves it
+    assert [script.seed_run_dir(config, seed) for seed in (0, 2)] == ["runs/x", "runs/x_s2"]
+    assert script.seed_run_dir(Config(name="t", seed=1), 0) == os.path.join("runs", "t_s0")
+
+
+def test_seeds_refuse_a_seed_override_and_a_missing_run_to_score(recipe, tmp_path, capsys):
+    path, corpus = recipe
+    script = load_script("multi30k_results")
+    with pytest.raises(SystemExit) as stop:
+        script.main(["--config", path, "--seeds", "0,1", "seed=1"])
+    assert stop.value.code == 2 and "leave out the seed= override" in capsys.readouterr().err
+    assert script.main(["--config", path, "--seeds", "0,1", "--skip-train", f"run_dir={tmp_path / 'none'}"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no run in" in err and "none_s1" in err
+    assert not os.path.exists(tmp_path / "none")  # nothing written
 
 
 def test_a_seed_listed_twice_is_refused(recipe, capsys):
