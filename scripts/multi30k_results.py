@@ -163,7 +163,7 @@ def main(argv=None) -> int:
             f"{', '.join(f'{m:.1f}' for m in summary['train_minutes']['per_seed'])} |"
         )
 
-    return run_cli(run)
+    return run_cli(run, keep_memory=True)
 
 
 def result(config, args, suffix: str) -> dict:

@@ -46,7 +46,7 @@ def main(argv=None) -> int:
         result = train(config)
         print(f"done: step {result['step']}, run directory {config.directory}")
 
-    return run_cli(run)
+    return run_cli(run, keep_memory=True)
 
 
 if __name__ == "__main__":
