@@ -70,6 +70,17 @@ def first_validation_at(
     return None
 
 
+DEFAULT_AVERAGE = 10
+
+
+def output_names(args) -> tuple[str, str]:
+    """(the averaged model's folder, the suffix of the results files) for --average and --at-step: avgN and "" for the
+    default (results.json), avgN_atS and _avgN_atS (results_avgN_atS.json) otherwise."""
+    at = "" if args.at_step is None else f"_at{args.at_step}"
+    model = f"avg{args.average}{at}"
+    return model, ("" if model == f"avg{DEFAULT_AVERAGE}" else f"_{model}")
+
+
 SEED_KEYS = ("val_lc_tok_bleu", "val_bleu", "test2016_lc_tok_bleu", "test2016_bleu", "test2016_chrf", "train_minutes")
 
 
@@ -104,7 +115,9 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--config", default="configs/multi30k_en_de.py")
     parser.add_argument("--skip-train", action="store_true", help="score the existing run directory only")
-    parser.add_argument("--average", type=int, default=10, help="average the last N checkpoints (1: no averaging)")
+    parser.add_argument(
+        "--average", type=int, default=DEFAULT_AVERAGE, help="average the last N checkpoints (1: no averaging)"
+    )
     parser.add_argument("--target", type=float, default=40.0, help="lc-tok BLEU whose time to reach is reported")
     parser.add_argument("--at-step", type=int, default=None, help="average and score the run as it was at this step")
     parser.add_argument("--test-curve", action="store_true", help="also score every kept checkpoint on test2016")
@@ -120,33 +133,34 @@ def main(argv=None) -> int:
         parser.error("--png names one file; with --seeds each seed draws RUN/curves.png")
     if args.seeds is not None and any(o.split("=", 1)[0] == "seed" for o in args.overrides):
         parser.error("--seeds sets each run's seed: leave out the seed= override")
-    at = "" if args.at_step is None else f"_at{args.at_step}"
-    default = not at and args.average == parser.get_default("average")  # other averages keep their own file
-    suffix = "" if default else f"_avg{args.average}{at}"
-
     from jax_transformer.cli import run_cli
 
     def run():
         import dataclasses
 
-        from jax_transformer.config import UserError, load_config_file
+        from jax_transformer.config import Config, UserError, load_config_file
 
         config = load_config_file(args.config, args.overrides)
         if args.seeds is None:
-            result(config, args, suffix)
+            result(config, args)
             return
         configs = [dataclasses.replace(config, seed=seed, run_dir=seed_run_dir(config, seed)) for seed in args.seeds]
-        missing = [c.directory for c in configs if not os.path.exists(os.path.join(c.directory, "config.json"))]
+        missing = []
+        for seed_config in configs:  # every seed's directory checked before anything is trained or scored
+            saved = os.path.join(seed_config.directory, "config.json")
+            if not os.path.exists(saved):
+                missing.append(seed_config.directory)
+            elif (trained := Config.load(saved).seed) != seed_config.seed:
+                raise UserError(f"{seed_config.directory} holds a run of seed {trained}, not {seed_config.seed}: "
+                                "move it away, or list its seed in --seeds")  # fmt: skip
         if args.skip_train and missing:
             raise UserError(f"--skip-train: no run in {', '.join(missing)}; train those seeds first (no --skip-train)")
         rows = []
         for seed_config in configs:
             print(f"seed {seed_config.seed}: {seed_config.directory}", file=sys.stderr)
-            rows.append(result(seed_config, args, suffix))
-            if rows[-1]["seed"] != seed_config.seed:
-                raise UserError(f"{seed_config.directory} holds a run of seed {rows[-1]['seed']}, not "
-                                f"{seed_config.seed}: move it away, or list its seed in --seeds")  # fmt: skip
+            rows.append(result(seed_config, args))
         summary = over_seeds(rows)
+        suffix = output_names(args)[1]
         with open(os.path.join(rows[0]["run_dir"], f"results_seeds{suffix}.json"), "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2)
         print(json.dumps(summary, indent=2))
@@ -166,7 +180,7 @@ def main(argv=None) -> int:
     return run_cli(run, keep_memory=True)
 
 
-def result(config, args, suffix: str) -> dict:
+def result(config, args) -> dict:
     """Train (unless --skip-train), average, score and plot one run of `config`; write and print its results row."""
     from jax_transformer import machine
     from jax_transformer.cli.average import average_run
@@ -187,8 +201,8 @@ def result(config, args, suffix: str) -> dict:
         last_step = args.at_step
     total_minutes = minutes.get(last_step, float("nan"))
 
-    at = "" if args.at_step is None else f"_at{args.at_step}"
-    model_dir = os.path.join(run_dir, f"avg{args.average}{at}")
+    model_name, suffix = output_names(args)
+    model_dir = os.path.join(run_dir, model_name)
     if os.path.exists(model_dir):  # derived from the checkpoints: rebuilt every time
         shutil.rmtree(model_dir)
     steps = average_run(run_dir, args.average, model_dir, args.at_step)

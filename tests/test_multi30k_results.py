@@ -108,6 +108,12 @@ def test_seeds_refuse_a_seed_override_and_a_missing_run_to_score(recipe, tmp_pat
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no run in" in err and "none_s1" in err
     assert not os.path.exists(tmp_path / "none")  # nothing written
+    os.makedirs(tmp_path / "other_s1")
+    Config(name="t", seed=5).save(str(tmp_path / "other_s1" / "config.json"))  # a run of another seed
+    assert script.main(["--config", path, "--seeds", "0,1", f"run_dir={tmp_path / 'other'}"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds a run of seed 5, not 1" in err
+    assert not os.path.exists(tmp_path / "other")  # refused before seed 0 was trained
 
 
 def test_a_seed_listed_twice_is_refused(recipe, capsys):
