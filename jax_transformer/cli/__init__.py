@@ -32,8 +32,8 @@ def run_cli(fn, keep_memory: bool = False) -> int:
     """Call `fn()`; print a `UserError` (bad files, flags, configs, checkpoints) as one line, no traceback.
 
     `keep_memory`: whether glibc keeps freed memory in the process unless JAX_TRANSFORMER_MALLOC says otherwise
-    (`host_memory.keep_freed_memory`): on for the training commands, whose step allocates the same large buffers again
-    and again (the Multi30k hour recipe's update takes 0.23 s instead of 0.35 s), off for the others."""
+    (`host_memory.keep_freed_memory`, which says what it is worth): on for the training commands, whose step allocates
+    the same large buffers again and again, off for the others."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from jax_transformer.train.host_memory import keep_freed_memory
 
