@@ -10,9 +10,8 @@ every 4 KiB. Measured on the 2-core development machine: writing a 50 MB fp32 ar
 `keep_freed_memory()` switches malloc to one arena without mmap and without trimming (the `mallopt` equivalents of
 GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=...): freed blocks stay
 in the process and the next step reuses them. The cost is memory: the process keeps what it has freed, compilation
-included, until it exits. Measured on the same machine: the Multi30k hour recipe's bf16 update 0.35 -> 0.23 s, peak
-resident memory 1.37 -> 1.96 GB; `make demo`'s training 271 -> 218 s, 1.51 -> 2.23 GB (the same validation figures);
-the demo of the time, which compiled 32 batch shapes, peaked at 8.6 GB with it. So the training commands (train.py,
+included, until it exits (the A/B of time and peak memory, demo and hour recipe: docs/results.md, "Packing, and the
+demo"; a demo that compiled 32 batch shapes peaked at 8.6 GB with it). So the training commands (train.py,
 scripts/multi30k_results.py) turn it on and the others leave glibc's defaults, unless JAX_TRANSFORMER_MALLOC says
 `keep` or `default`; the bench/ scripts keep glibc's defaults unless it says `keep`, and print which applies. Call it
 before the first large allocation and before threads start allocating. Elsewhere than Linux with glibc it does
