@@ -14,7 +14,7 @@ Each row gives the val lc-tok BLEU of every seed, their mean and range, the mean
 mean, a verdict by the seed rule (two seeds per arm, a third where the difference is under the seed spread: the
 larger of the two arms' val ranges; "better" / "worse" once it is not), the mean perplexity of the last in-loop
 validation (the trained weights, not averaged; blank unless every seed has one; marked "*" where the arm changes the
-vocabulary: a perplexity per piece of another segmentation does not compare with the baseline's), the mean
+vocabulary or the text (data.path): a perplexity per piece of another segmentation does not compare), the mean
 test2016 lc-tok BLEU (reported: choose on val only) and each seed's training minutes (not averaged: runs that shared
 the machine are slower). Prints a Markdown table; exits 1 with one line on a missing, damaged or unscored run.
 
@@ -44,8 +44,9 @@ class AblationError(Exception):
 
 
 RESULT_KEYS = ("val_lc_tok_bleu", "test2016_lc_tok_bleu")
-# settings that change how text is cut into pieces: the perplexity (per piece) of such an arm is not comparable
-TOKENIZATION = ("data.vocab_size", "model.vocab_size", "model.target_vocab_size", "data.spm_")
+# settings that change how text is cut into pieces, or the text itself (another data.path: its own vocabulary and
+# validation text): the perplexity (per piece) of such an arm is not comparable
+TOKENIZATION = ("data.vocab_size", "model.vocab_size", "model.target_vocab_size", "data.spm_", "data.path")
 IGNORED = {"name", "run_dir", "seed", "mesh", "train.log_every", "train.bleu_every", "train.bleu_max_sentences"}
 
 
@@ -217,7 +218,7 @@ def table(runs_root: str, baseline: str, results_name: str, partial: bool = Fals
             f"{mean(test):.2f} | {minutes_cell} |"
         )
     if marked:
-        rows.append("\n\\* perplexity per piece of another vocabulary: not comparable with the baseline's")
+        rows.append("\n\\* perplexity per piece of another vocabulary or text: not comparable with the baseline's")
     if any(r["recorded"] for runs in data.values() for r in runs):
         rows.append("\n† a record written by hand, its run directory lost: the figures recorded when it was scored")
     if unfinished:

@@ -124,7 +124,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=seed_list, default=None,
                         help="seeds 0,1,2: train and score each; report their mean and range")  # fmt: skip
     parser.add_argument("--png", default="", help="training curves PNG (default: RUN/curves.png)")
-    parser.add_argument("--data-dir", default="data/multi30k")
+    parser.add_argument("--data-dir", default=None, help="where val and test2016 are read (default: the data.path)")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. train.steps=4000")
     args = parser.parse_args(argv)
     if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):

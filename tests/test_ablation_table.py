@@ -8,11 +8,12 @@ from tests.scripts import load_script
 ablation_table = load_script("ablation_table")
 
 
-def _run(folder, seed, val, test, ppl, attention_dropout=0.0, bleu_every=500, vocab=8000):
+def _run(folder, seed, val, test, ppl, attention_dropout=0.0, bleu_every=500, vocab=8000, path="data/multi30k"):
     os.makedirs(folder)
     config = {"name": "x", "run_dir": str(folder), "seed": seed, "mesh": {"data": -1},
               "model": {"dropout": 0.3, "attention_dropout": attention_dropout, "vocab_size": vocab},
-              "data": {"vocab_size": vocab}, "train": {"steps": 4300, "bleu_every": bleu_every}}  # fmt: skip
+              "data": {"vocab_size": vocab, "path": path},
+              "train": {"steps": 4300, "bleu_every": bleu_every}}  # fmt: skip
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump(config, f, indent=2)  # as the real files: one value over many lines
     with open(os.path.join(folder, "results.json"), "w") as f:
@@ -49,7 +50,11 @@ def test_a_perplexity_over_another_vocabulary_is_marked_not_comparable(tmp_path,
     row = next(line for line in lines if line.startswith("| vocab6k"))
     assert "data.vocab_size=6000 model.vocab_size=6000" in row and "| 4.60* |" in row
     assert next(line for line in lines if line.startswith("| attn")).count("*") == 0
-    assert lines[-1] == "\\* perplexity per piece of another vocabulary: not comparable with the baseline's"
+    assert lines[-1] == "\\* perplexity per piece of another vocabulary or text: not comparable with the baseline's"
+    _run(tmp_path / "lowercase" / "s0", 0, 41.0, 40.7, 4.6, path="data/multi30k_lowercased")  # other text, own pieces
+    assert ablation_table.main([str(tmp_path), "--baseline", "base"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| lowercase"))
+    assert "data.path='data/multi30k_lowercased'" in row and "| 4.60* |" in row
 
 
 def test_an_unscored_run_or_seeds_that_differ_give_one_line(tmp_path, capsys):
