@@ -349,7 +349,7 @@ class RunConfigFile:
                 data = json.load(f)
         except FileNotFoundError:
             raise ConfigError(f"no config file at {path}") from None
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path} is not valid JSON ({e})") from None
         return cls.from_dict(data)
 
@@ -447,23 +447,25 @@ def load_config_file(path: str, overrides: list[str] = ()) -> Config:
     """Load `configs/NAME.py` (which defines `get_config()`), or a run's `config.json`, then apply overrides."""
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path} does not exist (recipes live in configs/, e.g. configs/tiny.py)")
-    if path.endswith(".json"):
-        config = Config.load(path)
-    else:
-        spec = importlib.util.spec_from_file_location("_user_config", path)
-        module = importlib.util.module_from_spec(spec)
-        try:
-            spec.loader.exec_module(module)
-        except ConfigError:
-            raise
-        except Exception as e:  # a broken recipe file is a user error too
-            raise ConfigError(f"could not load {path}: {type(e).__name__}: {e}") from None
+    config = Config.load(path) if path.endswith(".json") else _recipe_config(path)
+    if not isinstance(config, Config):
+        raise ConfigError(f"get_config() in {path} returned {type(config).__name__}, not Config")
+    return apply_overrides(config, list(overrides))
+
+
+def _recipe_config(path: str):
+    """What `get_config()` of the recipe file at `path` returns; a broken file is one ConfigError line."""
+    spec = importlib.util.spec_from_file_location("_user_config", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
         if not hasattr(module, "get_config"):
             raise ConfigError(f"{path} must define get_config() returning a jax_transformer.config.Config")
-        config = module.get_config()
-        if not isinstance(config, Config):
-            raise ConfigError(f"get_config() in {path} returned {type(config).__name__}, not Config")
-    return apply_overrides(config, list(overrides))
+        return module.get_config()  # a misspelt field name raises here (TypeError)
+    except ConfigError:
+        raise
+    except Exception as e:  # a broken recipe file is a user error too
+        raise ConfigError(f"could not load {path}: {type(e).__name__}: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -614,23 +616,15 @@ def load_any_config(path: str, overrides: list[str] = ()) -> Config | ClassifyCo
         try:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path} is not valid JSON ({e})") from None
         if isinstance(data, dict) and data.get("task") == TASK:
             return apply_overrides(ClassifyConfig.from_dict(data), list(overrides))
         return load_config_file(path, overrides)
-    spec = importlib.util.spec_from_file_location("_user_config", path)
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-        config = module.get_config() if hasattr(module, "get_config") else None
-    except ConfigError:
-        raise
-    except Exception as e:  # a broken recipe file is a user error too
-        raise ConfigError(f"could not load {path}: {type(e).__name__}: {e}") from None
-    if isinstance(config, ClassifyConfig):
-        return apply_overrides(config, list(overrides))
-    return load_config_file(path, overrides)
+    config = _recipe_config(path)
+    if not isinstance(config, Config | ClassifyConfig):
+        raise ConfigError(f"get_config() in {path} returned {type(config).__name__}, not Config or ClassifyConfig")
+    return apply_overrides(config, list(overrides))
 
 
 def load_classify_config(run_dir: str) -> ClassifyConfig:

@@ -396,9 +396,12 @@ def _attention_command(args) -> None:
 
     from jax_transformer.config import UserError
     from jax_transformer.decode.translator import load_translator
+    from jax_transformer.interop.ct2 import is_ct2_dir
 
     if not args.src.strip():
         raise UserError("--src is empty; fix: pass a sentence, e.g. --src 'A dog runs.'")
+    if is_ct2_dir(args.model):  # its weights are CTranslate2's, not a JAX model's whose attention we can read
+        raise UserError(f"{args.model} is a CTranslate2 model; fix: draw the run or model it was exported from")
     translator = load_translator(args.model, args.step)
     tokenizer, max_len = translator.tokenizer, translator.config.model.max_len
     src = tokenizer.encode([args.src])[0] + [tokenizer.eos_id]

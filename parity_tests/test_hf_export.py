@@ -244,6 +244,30 @@ def test_greedy_generate_reproduces_our_greedy(which, copy_export, random_export
         assert any(token in (PAD, BOS) for row in hf_as_lists(unconstrained) for token in row[:-1])
 
 
+@pytest.mark.parametrize("which", ["copy", "random"])
+def test_generate_with_the_summary_options_reproduces_ours(which, copy_export, random_export, pre_norm_export):
+    """decode.min_len (no EOS before that many tokens) and decode.no_repeat_ngram_size mean what HF's min_new_tokens
+    and no_repeat_ngram_size mean, and the exported generation_config.json carries them: greedy outputs agree."""
+    import dataclasses
+
+    from jax_transformer.interop.hf_export import generation_config
+
+    translator, hf_model, _ = pick(which, copy_export, random_export, pre_norm_export)
+    decode = dataclasses.replace(translator.config.decode, min_len=6, no_repeat_ngram_size=2)
+    config = dataclasses.replace(translator.config, decode=decode)
+    generation = generation_config(config, PAD, BOS, EOS)
+    assert generation.min_new_tokens == 6 and generation.no_repeat_ngram_size == 2
+    plain = ours_as_lists(translator.search(padded_batch(translator.tokenizer, SENTENCES), 1, 0.0))
+    original, translator.config = translator.config, config  # the fixture is shared: put its config back after
+    try:
+        ours = ours_as_lists(translator.search(padded_batch(translator.tokenizer, SENTENCES), 1, 0.0))
+    finally:
+        translator.config = original
+    assert ours != plain  # the options change these outputs, so the comparison below tests them
+    theirs = hf_generate(hf_model, translator, num_beams=1, min_new_tokens=6, no_repeat_ngram_size=2)
+    assert hf_as_lists(theirs) == ours
+
+
 def log_probs(hf_model, src: np.ndarray, outputs: list[list[int]]) -> np.ndarray:
     """log P(output | source) (the beam score when alpha = 0), teacher-forced through the exported model (whose
     logits equal ours within 1e-5, test_logits_match_jax)."""

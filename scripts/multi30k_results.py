@@ -127,6 +127,8 @@ def main(argv=None) -> int:
     parser.add_argument("--data-dir", default=None, help="where val and test2016 are read (default: the data.path)")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. train.steps=4000")
     args = parser.parse_args(argv)
+    if args.average < 1:  # refused now, not after hours of training
+        parser.error(f"--average must be at least 1, got {args.average}")
     if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
         parser.error(f"--seeds lists a seed twice: {args.seeds}")
     if args.seeds is not None and args.png:

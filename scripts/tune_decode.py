@@ -24,12 +24,12 @@ def main(argv=None) -> int:
     parser.add_argument("model", help="a run directory or a model directory")
     parser.add_argument("--beams", type=int, nargs="+", default=[4, 5, 6])
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.6, 0.8, 1.0])
-    parser.add_argument("--split", default="val", help="a split of the model's data (default val)")
+    parser.add_argument("--split", default=None, help="a split of the model's data (default: its data.valid_split)")
     parser.add_argument("--data-dir", default=None, help="where --split finds its files (default: the data.path)")
     parser.add_argument("--json-out", default="", help="also write the rows here")
     args = parser.parse_args(argv)
 
-    from jax_transformer.cli import run_cli
+    from jax_transformer.cli import require_writable_file, run_cli, write_text
 
     def run():
         from jax_transformer.cli.evaluate import score, score_rouge, split_texts
@@ -38,8 +38,11 @@ def main(argv=None) -> int:
 
         if any(b < 1 for b in args.beams) or any(a < 0 for a in args.alphas):
             raise UserError("--beams must be >= 1 and --alphas >= 0")
+        if args.json_out:
+            require_writable_file(args.json_out, "--json-out")
         translator = load_translator(args.model)
         data = translator.config.data
+        args.split = args.split or data.valid_split
         sources, references = split_texts(data, args.split, args.data_dir)
         if translator.config.decode.metric == "rouge":
             columns, key = ("rouge1", "rouge2", "rougeL"), "rouge1"
@@ -63,8 +66,8 @@ def main(argv=None) -> int:
         print(f"best on {args.split}: beam {best['beam']}, alpha {best['alpha']:g} ({key} {best[key]:.2f})",
               file=sys.stderr)
         if args.json_out:
-            with open(args.json_out, "w", encoding="utf-8") as f:
-                json.dump({"model": args.model, "split": args.split, "rows": rows, "best": best}, f, indent=2)
+            table = {"model": args.model, "split": args.split, "rows": rows, "best": best}
+            write_text(args.json_out, json.dumps(table, indent=2), "--json-out")
 
     return run_cli(run)
 

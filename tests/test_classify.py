@@ -203,6 +203,31 @@ def test_save_load_round_trip_reproduces_the_report(trained_run, sst2_small):
     assert again["accuracy"] == report["accuracy"] and again["confusion_matrix"] == report["confusion_matrix"]
     probs = classifier.probabilities(["a moving film", "dull"])
     np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
+    with pytest.raises(UserError, match=f"has no checkpoint 999; it keeps: .*{classifier.step}"):
+        Classifier.load(run_dir, 999)  # a step it does not keep: named, with the ones it does, not "damaged"
+
+
+def test_predict_command_reads_texts_a_file_or_stdin(trained_run, tmp_path, capsys, monkeypatch):
+    import io
+    import sys
+
+    from jax_transformer.cli import predict
+
+    run_dir = trained_run[0]
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a moving film\n\ndull and far too long\n", encoding="utf-8")
+    assert predict.main([run_dir, "--file", str(texts)]) == 0
+    lines = capsys.readouterr().out.strip().split("\n")  # one line per non-empty text: label, probability, text
+    assert [line.split("\t")[2] for line in lines] == ["a moving film", "dull and far too long"]
+    with open(os.path.join(run_dir, "labels.json"), encoding="utf-8") as f:
+        names = json.load(f)["names"]
+    assert all(line.split("\t")[0] in names and 0.5 <= float(line.split("\t")[1]) <= 1 for line in lines)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"fine\n\xff bad\n")))
+    assert predict.main([run_dir]) == 1  # invalid UTF-8 on stdin: named with its line, no traceback
+    err = capsys.readouterr().err
+    assert err.startswith("error: <stdin>:2: invalid UTF-8") and err.count("\n") == 1, err
+    assert predict.main([run_dir, "some text", "--step", "999"]) == 1
+    assert "has no checkpoint 999; it keeps:" in capsys.readouterr().err
 
 
 def test_a_trained_run_refuses_an_incompatible_config(trained_run, tiny_bert, sst2_small):

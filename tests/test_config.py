@@ -262,6 +262,18 @@ def test_load_config_file_errors(tmp_path):
     )
     with pytest.raises(ConfigError, match="model.d_ff must be positive"):
         load_config_file(str(invalid))
+    misspelt = tmp_path / "misspelt.py"  # get_config() itself raises: one line from every loader, no traceback
+    misspelt.write_text(
+        "from jax_transformer.config import DataConfig\n\ndef get_config():\n    return DataConfig(pathh='x')\n"
+    )
+    for load in (load_config_file, load_any_config):
+        with pytest.raises(ConfigError, match=f"could not load {misspelt}: TypeError: .*pathh"):
+            load(str(misspelt))
+    garbled = tmp_path / "config.json"  # a run's config.json that is not UTF-8 text
+    garbled.write_bytes(b"{\"name\": \"\xff\"}")
+    for load in (load_config_file, load_any_config):
+        with pytest.raises(ConfigError, match="is not valid JSON"):
+            load(str(garbled))
 
 
 def test_json_round_trip(tmp_path):

@@ -202,6 +202,25 @@ def test_translate_evaluate_average_commands(tmp_path, capsys):
     out = tmp_path / "out.de"
     assert translate.main([str(run_dir), "--input", str(src), "--output", str(out), "--beam", "2"]) == 0
     assert len(out.read_text(encoding="utf-8").splitlines()) == 3
+    # a U+2028 or U+0085 inside a sentence is no line break: one output line per input line
+    src.write_text("A man\u2028rides a bike.\nTwo dogs\x85play.\n", encoding="utf-8")
+    assert translate.main([str(run_dir), "--input", str(src), "--output", str(out)]) == 0
+    assert out.read_text(encoding="utf-8").count("\n") == 2
+    src.write_text("A man rides a bike.\n\nTwo dogs play in the snow.\n", encoding="utf-8")
+    # bad flags and paths: one line each, found before any decoding, nothing written
+    capsys.readouterr()
+    for argv, message in (
+        (["--output", str(tmp_path / "no_such_folder" / "out.de")], "does not exist"),
+        (["--output", str(tmp_path)], "is a directory"),
+        (["--alpha", "-1"], "decode.alpha must be >= 0"),
+        (["--max-extra-len", "0"], "decode.max_extra_len must be positive"),
+        (["--beam", "0"], "decode.beam_size must be positive"),
+    ):
+        assert translate.main([str(run_dir), "--input", str(src), *argv]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1, (argv, err)
+    assert translate.main([str(run_dir), "--input", str(tmp_path)]) == 1  # a folder given as the input file
+    assert "cannot read it" in capsys.readouterr().err
     ref = os.path.join(corpus, "val.de")
     hyp_src = os.path.join(corpus, "val.en")
     assert evaluate.main([str(run_dir), "--src", hyp_src, "--ref", ref, "--beam", "1", "--json"]) == 0

@@ -125,3 +125,6 @@ def test_a_seed_listed_twice_is_refused(recipe, capsys):
     with pytest.raises(SystemExit) as stop:
         load_script("multi30k_results").main(["--config", path, "--seeds", "0 1"])
     assert stop.value.code == 2 and "comma-separated list of integers" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:  # refused before training, not after it
+        load_script("multi30k_results").main(["--config", path, "--average", "0"])
+    assert stop.value.code == 2 and "--average must be at least 1" in capsys.readouterr().err

@@ -311,6 +311,12 @@ def test_cli_attention_user_errors(model_dir, tmp_path, capsys):
     assert viz.main(argv) == 1
     assert "--layer 5 is out of range" in capsys.readouterr().err
     assert not os.listdir(tmp_path)
+    ct2 = tmp_path / "ct2"  # an `export --to ct2` folder: CTranslate2's weights, no attention to read
+    ct2.mkdir()
+    (ct2 / "model.bin").write_bytes(b"")
+    (ct2 / "jax_transformer_config.json").write_text("{}")
+    assert viz.main(["attention", str(ct2), "--src", "a dog", "--out", str(tmp_path / "maps")]) == 1
+    assert "is a CTranslate2 model" in capsys.readouterr().err and not os.path.exists(tmp_path / "maps")
 
 
 def test_cli_help_of_each_command(capsys):

@@ -28,6 +28,31 @@ def require_new_output_dir(out_dir: str, *sources: str) -> None:
         raise UserError("--out must differ from the model directory")
 
 
+def require_writable_file(path: str, flag: str) -> None:
+    """The rule of every command that writes a file the user names (`--output`, `--json-out`): checked before any
+    work, so a mistyped folder is reported at once instead of after minutes of decoding."""
+    from jax_transformer.config import UserError
+
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise UserError(f"{flag} {path} is a directory; fix: name a file")
+    if not os.path.isdir(folder):
+        raise UserError(f"{flag} {path}: folder {folder} does not exist; fix: create it or name another file")
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise UserError(f"{flag} {path} is not writable; fix: name a file you may write")
+
+
+def write_text(path: str, text: str, flag: str) -> None:
+    """Write `text` to the file the user named; an OS error (disk full, folder removed meanwhile) is one line."""
+    from jax_transformer.config import UserError
+
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as e:
+        raise UserError(f"cannot write {flag} {path}: {e.strerror}") from None
+
+
 def run_cli(fn, keep_memory: bool = False) -> int:
     """Call `fn()`; print a `UserError` (bad files, flags, configs, checkpoints) as one line, no traceback.
 

@@ -17,8 +17,9 @@ import argparse
 import json
 import sys
 
-from jax_transformer.cli import run_cli
-from jax_transformer.cli.translate import add_search_arguments, load_for_search, read_lines
+from jax_transformer.cli import require_writable_file, run_cli, write_text
+from jax_transformer.cli.translate import add_search_arguments, load_for_search
+from jax_transformer.data.readers import read_lines
 from jax_transformer.metrics import MULTI_REF
 
 SPLITS = {"val": "val", "test2016": "test_2016_flickr"}
@@ -56,6 +57,8 @@ def main(argv=None) -> int:
     def run():
         from jax_transformer.config import UserError
 
+        if args.output:
+            require_writable_file(args.output, "--output")
         translator = load_for_search(args)
         data = translator.config.data
         if args.split:
@@ -68,8 +71,7 @@ def main(argv=None) -> int:
             raise UserError(f"{len(sources)} source lines but {len(references)} references; they must align")
         hypotheses = translator.translate(sources, args.beam, args.alpha, progress=True)
         if args.output:
-            with open(args.output, "w", encoding="utf-8") as f:
-                f.writelines(h + "\n" for h in hypotheses)
+            write_text(args.output, "".join(h + "\n" for h in hypotheses), "--output")
         if (args.metric or translator.config.decode.metric) == "rouge":
             result = score_rouge(hypotheses, references, args.multi_ref)
         else:  # BLEU and chrF against the first reference of each example

@@ -28,18 +28,11 @@ def main(argv=None) -> int:
 
     def run():
         from jax_transformer.config import UserError
+        from jax_transformer.data.readers import read_lines
         from jax_transformer.tasks.classification import Classifier
 
-        if args.texts:
-            texts = args.texts
-        elif args.file:
-            try:
-                with open(args.file, encoding="utf-8") as f:
-                    texts = f.read().splitlines()
-            except (OSError, UnicodeDecodeError) as e:
-                raise UserError(f"cannot read {args.file} ({e})") from None
-        else:
-            texts = sys.stdin.read().splitlines()
+        # a file or stdin: UTF-8 checked, a bad byte reported with its line
+        texts = args.texts or read_lines(args.file)
         texts = [t for t in texts if t.strip()]
         if not texts:
             raise UserError("no text to classify (give texts, --file, or lines on stdin)")

@@ -9,28 +9,8 @@ MODEL is a run directory (its latest checkpoint, or --step best|N), an averaged 
 import argparse
 import sys
 
-from jax_transformer.cli import run_cli
-
-
-def read_lines(path: str | None) -> list[str]:
-    """Lines of a UTF-8 file (or stdin when path is None or '-'), without line ends."""
-    from jax_transformer.config import UserError
-
-    try:
-        if path in (None, "-"):
-            data = sys.stdin.buffer.read()
-            path = "<stdin>"
-        else:
-            with open(path, "rb") as f:
-                data = f.read()
-    except FileNotFoundError:
-        raise UserError(f"input file {path} does not exist") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise UserError(f"{path}:{line}: invalid UTF-8; fix: re-encode the file as UTF-8") from None
-    return text.splitlines()
+from jax_transformer.cli import require_writable_file, run_cli, write_text
+from jax_transformer.data.readers import read_lines
 
 
 def add_search_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,18 +28,14 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
 def load_for_search(args):
     import dataclasses
 
-    from jax_transformer.config import UserError
     from jax_transformer.decode.translator import load_translator
 
     translator = load_translator(args.model, args.step)
     decode = translator.config.decode
-    changes = {k: v for k, v in (("max_extra_len", args.max_extra_len), ("max_tokens", args.max_tokens)) if v}
-    for key, value in (("min_len", args.min_len), ("no_repeat_ngram_size", args.no_repeat_ngram)):
-        if value is not None:
-            changes[key] = value
-    if args.beam is not None and args.beam < 1:
-        raise UserError(f"--beam must be at least 1, got {args.beam}")
-    # DecodeConfig validates the values (ConfigError, one line)
+    flags = {"max_extra_len": args.max_extra_len, "max_tokens": args.max_tokens, "min_len": args.min_len,
+             "no_repeat_ngram_size": args.no_repeat_ngram, "beam_size": args.beam, "alpha": args.alpha}  # fmt: skip
+    changes = {key: value for key, value in flags.items() if value is not None}
+    # DecodeConfig validates the values (ConfigError, one line: "decode.beam_size must be positive, got 0")
     translator.config = dataclasses.replace(translator.config, decode=dataclasses.replace(decode, **changes))
     return translator
 
@@ -73,14 +49,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     def run():
+        if args.output:
+            require_writable_file(args.output, "--output")
         sentences = read_lines(args.input)
         translator = load_for_search(args)
         show_progress = args.input not in (None, "-")
         outputs = translator.translate(sentences, args.beam, args.alpha, progress=show_progress)
         text = "".join(line + "\n" for line in outputs)
         if args.output:
-            with open(args.output, "w", encoding="utf-8") as f:
-                f.write(text)
+            write_text(args.output, text, "--output")
         else:
             sys.stdout.write(text)
 

@@ -9,6 +9,7 @@ array_record files; `evaluate` reads test splits (and their lists of references)
 import gzip
 import json
 import os
+import sys
 
 from jax_transformer.config import DataConfig, UserError
 
@@ -28,15 +29,22 @@ def _find_file(folder: str, name: str) -> str:
     )
 
 
-def _read_lines(path: str) -> list[str]:
-    """The lines of a UTF-8 text file (gzipped if it ends in .gz), split on '\\n' only.
+def read_lines(path: str | None) -> list[str]:
+    """The lines of a UTF-8 text file (gzipped if it ends in .gz; stdin when `path` is None or '-'), split on '\\n'
+    only.
 
     str.splitlines() would also split on characters such as U+2028 or U+0085 that occur inside real sentences and
-    shift one side of a parallel corpus against the other; so we split the raw text on newlines ourselves.
+    shift one side of a parallel corpus against the other (or a translation against its source line); so we split
+    the raw text on newlines ourselves.
     """
     try:
-        with gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb") as f:
-            data = f.read()
+        if path in (None, "-"):
+            data, path = sys.stdin.buffer.read(), "<stdin>"
+        else:
+            with gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb") as f:
+                data = f.read()
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist; fix: check the path") from None
     except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
         raise UserError(f"{path}: cannot read it ({e}); fix: replace the file (a .gz file must be gzip data)") from None
     try:
@@ -101,7 +109,7 @@ def read_local_pairs(cfg: DataConfig, split: str) -> list[tuple[str, str]]:
 
 def _text_pairs(files: list[str], keys: tuple[str, str]) -> list[tuple[str, str]]:
     """Two line-aligned files, one sentence per line."""
-    (src_path, tgt_path), (src, tgt) = files, [_read_lines(path) for path in files]
+    (src_path, tgt_path), (src, tgt) = files, [read_lines(path) for path in files]
     if len(src) != len(tgt):
         short = src_path if len(src) < len(tgt) else tgt_path
         raise UserError(
@@ -114,7 +122,7 @@ def _text_pairs(files: list[str], keys: tuple[str, str]) -> list[tuple[str, str]
 
 def _tsv_pairs(files: list[str], keys: tuple[str, str]) -> list[tuple[str, str]]:
     """Tab-separated columns, named by a header line or, when both keys are numbers, by 0-based index (no header)."""
-    path, lines, first, header = files[0], _read_lines(files[0]), 1, []
+    path, lines, first, header = files[0], read_lines(files[0]), 1, []
     if not all(key.isdigit() for key in keys):
         header = [name.strip() for name in lines[0].split("\t")] if lines else []
         for key in keys:
@@ -141,7 +149,7 @@ def _tsv_pairs(files: list[str], keys: tuple[str, str]) -> list[tuple[str, str]]
 def _jsonl_pairs(files: list[str], keys: tuple[str, str]) -> list[tuple[str, str]]:
     """One JSON object per line; dotted keys reach nested objects ({"translation": {"en": ...}})."""
     path, pairs = files[0], []
-    for i, line in enumerate(_read_lines(path), 1):
+    for i, line in enumerate(read_lines(path), 1):
         if not line.strip():
             _checked(line, path, i)
         try:
@@ -160,7 +168,7 @@ def read_sources_and_references(cfg: DataConfig, split: str) -> tuple[list[str],
         return [source for source, _ in pairs], [[target] for _, target in pairs]
     path = split_files(cfg, split)[0]
     sources, references = [], []
-    for i, line in enumerate(_read_lines(path), 1):
+    for i, line in enumerate(read_lines(path), 1):
         where = f"{path}:{i}"
         try:
             record = json.loads(line)

@@ -152,8 +152,9 @@ def hf_config(config: Config, pad_id: int, bos_id: int, eos_id: int):
 
 def generation_config(config: Config, pad_id: int, bos_id: int, eos_id: int):
     """HF generation defaults nearest to ours: beam size, alpha as HF's length-penalty exponent, EOS forced at the
-    length limit, PAD and BOS never generated, 'never' stop before no live beam can win (as our search). HF has no
-    per-sentence limit: pass max_new_tokens (ours: source length + decode.max_extra_len) to `generate`."""
+    length limit, PAD and BOS never generated, 'never' stop before no live beam can win (as our search), and the
+    summary options (decode.min_len as min_new_tokens, decode.no_repeat_ngram_size). HF has no per-sentence limit:
+    pass max_new_tokens (ours: source length + decode.max_extra_len) to `generate`."""
     from transformers import GenerationConfig
 
     return GenerationConfig(
@@ -167,6 +168,8 @@ def generation_config(config: Config, pad_id: int, bos_id: int, eos_id: int):
         length_penalty=config.decode.alpha,
         early_stopping="never",
         max_length=config.model.max_len,
+        min_new_tokens=config.decode.min_len or None,  # no EOS before this many tokens, as ours
+        no_repeat_ngram_size=config.decode.no_repeat_ngram_size,
     )
 
 

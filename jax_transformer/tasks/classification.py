@@ -303,6 +303,9 @@ class Classifier:
         tokenizer = load_tokenizer(os.path.join(run_dir, "tokenizer"))
         model = build_model(model_config, len(labels["labels"]), config)
         checkpoints = Checkpointer(os.path.join(run_dir, "checkpoints"), keep=1, read_only=True)
+        kept = checkpoints.all_steps()
+        if step is not None and step not in kept:
+            raise UserError(f"{run_dir} has no checkpoint {step}; it keeps: {', '.join(map(str, kept)) or 'none'}")
         step = step if step is not None else best_checkpoint_step(checkpoints)
         if step is None:
             raise UserError(f"{run_dir} has no checkpoint yet")
