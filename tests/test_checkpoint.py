@@ -57,3 +57,31 @@ def test_a_damaged_checkpoint_is_named_with_the_way_out(tmp_path):
         assert "checkpoint" in message and "/2 is damaged or incomplete" in message, message
         assert "--step with another kept checkpoint (1)" in message and "\n" not in message, message
     np.testing.assert_array_equal(reopened.restore_arrays(1)["params"]["w"], state["params"]["w"])  # the other reads
+
+
+def test_a_resumed_run_keeps_the_best_of_its_earlier_sessions(tmp_path):
+    """Re-opened for writing (a resumed run), the retention still knows the earlier checkpoints' metrics: the best of
+    the first session survives the saves of the second until a better one comes."""
+    directory = str(tmp_path / "checkpoints")
+
+    def w(step):
+        return {"params": {"w": np.full((2,), float(step), np.float32)}}
+
+    def save(checkpoints, step, loss=None, bleu=None):  # ranked by loss, as train.best_metric='loss'; BLEU logged too
+        evaluated = {} if loss is None else {"loss": loss, "bleu": bleu}
+        ranked = {"loss": loss} if evaluated else None
+        checkpoints.save(step, w(step), {"step": step, "metrics": evaluated}, metrics=ranked)
+
+    first = Checkpointer(directory, keep=1, keep_best=True)
+    for step, loss, bleu in ((1, 3.0, 10.0), (2, 1.0, 20.0), (3, 2.0, 30.0)):  # best by loss: 2 (by BLEU it would be 3)
+        save(first, step, loss, bleu)
+    assert first.all_steps() == [2, 3] and first.best_step() == 2
+    first.close()
+
+    resumed = Checkpointer(directory, keep=1, keep_best=True)
+    save(resumed, 4, 1.5, 40.0)
+    save(resumed, 5)  # not evaluated
+    assert resumed.all_steps() == [2, 5] and resumed.best_step() == 2
+    save(resumed, 6, 0.5, 5.0)  # a better one: the old best goes
+    assert resumed.all_steps() == [6] and resumed.best_step() == 6
+    np.testing.assert_array_equal(resumed.restore_arrays(6)["params"]["w"], w(6)["params"]["w"])

@@ -6,6 +6,7 @@ renames it when complete, so an interrupted save never leaves a checkpoint that 
 pure function of (seed, step), so step + pipeline position is all a resumed run needs to continue bit for bit.
 """
 
+import dataclasses
 import os
 
 import jax
@@ -24,26 +25,55 @@ def _metric_for_ranking(metrics: dict) -> float:
     return metrics["bleu"] if "bleu" in metrics else -metrics["loss"]
 
 
+def _ranking(meta: dict) -> float | None:
+    """A saved checkpoint's ranking value from its meta: the metric it was ranked by when saved ("ranked"), or, for
+    a checkpoint written before that was recorded, its evaluated metrics; None if it was not evaluated."""
+    metrics = meta.get("ranked", meta.get("metrics"))
+    return _metric_for_ranking(metrics) if metrics else None
+
+
+@dataclasses.dataclass
+class _KeepBest(checkpoint_managers.PreservationPolicy):
+    """Keeps the checkpoint with the best ranking value (the latest on ties, as `Checkpointer.best_step`).
+
+    orbax's BestN ranks only the metrics its manager holds in memory: those passed to `save` in this process. A
+    manager re-opened on a run's directory (a resumed run) holds none for the checkpoints already there, so BestN
+    would delete the best of the earlier sessions at the first save after resuming. `earlier` gives their values,
+    read from each checkpoint's own meta when the directory is opened."""
+
+    earlier: dict[int, float]
+
+    def should_preserve(self, checkpoints, *, context) -> list[bool]:
+        scored = []
+        for info in checkpoints:
+            value = _metric_for_ranking(info.metrics) if info.metrics is not None else self.earlier.get(info.step)
+            if value is not None:
+                scored.append((value, info.step))
+        best = max(scored)[1] if scored else None
+        return [info.step == best for info in checkpoints]
+
+
 class Checkpointer:
     """Thin wrapper over `ocp.CheckpointManager` with the run's retention policy."""
 
     def __init__(self, directory: str, keep: int = 5, keep_best: bool = True, read_only: bool = False):
         self.directory = os.path.abspath(directory)
-        policies = [checkpoint_managers.LatestN(n=keep)]
-        if keep_best:
-            policies.append(
-                checkpoint_managers.BestN(
-                    get_metric_fn=_metric_for_ranking, n=1, keep_checkpoints_without_metrics=False
-                )
-            )
-        options = ocp.CheckpointManagerOptions(
-            preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
-            enable_async_checkpointing=False,  # a 2-core CPU gains nothing; and the saved state is final on return
-            create=not read_only,
-            read_only=read_only,
-        )
         handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+        options = dict(enable_async_checkpointing=False,  # a 2-core CPU gains nothing; the state is final on return
+                       create=not read_only, read_only=read_only)  # fmt: skip
+        policies = [checkpoint_managers.LatestN(n=keep)]
+        if keep_best and not read_only:
+            self.manager = ocp.CheckpointManager(
+                self.directory, options=ocp.CheckpointManagerOptions(**options), item_handlers=handlers
+            )  # opened once to read the checkpoints already there
+            ranked = {step: _ranking(self.restore_meta(step)) for step in self.all_steps()}
+            earlier = {step: value for step, value in ranked.items() if value is not None}
+            self.manager.close()
+            policies.append(_KeepBest(earlier))
+        options["preservation_policy"] = checkpoint_managers.AnyPreservationPolicy(policies)
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=ocp.CheckpointManagerOptions(**options), item_handlers=handlers
+        )
 
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
@@ -55,15 +85,16 @@ class Checkpointer:
         """The kept checkpoint with the best saved metric (`_metric_for_ranking`; the latest on ties), or None when
         none was evaluated. Read from each checkpoint's `meta`: orbax's own `best_step()` answers the latest step
         unless its `best_fn` option is set, and a manager re-opened on an existing directory has no metrics."""
-        scored = []
-        for step in self.all_steps():
-            metrics = self.restore_meta(step).get("metrics") or {}
-            if metrics:
-                scored.append((_metric_for_ranking(metrics), step))
+        ranked = {step: _ranking(self.restore_meta(step)) for step in self.all_steps()}
+        scored = [(value, step) for step, value in ranked.items() if value is not None]
         return max(scored)[1] if scored else None
 
     def save(self, step: int, state, meta: dict, metrics: dict | None = None) -> None:
-        """Save `state` (a pytree of arrays) and `meta` (JSON-able) as checkpoint `step`."""
+        """Save `state` (a pytree of arrays) and `meta` (JSON-able) as checkpoint `step`; `metrics` (the one metric
+        that ranks it, e.g. {"bleu": 31.2}; None when not evaluated) is also written into its meta as "ranked", so
+        the ranking survives the process."""
+        if metrics is not None:
+            meta = {**meta, "ranked": metrics}
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         self.manager.save(step, args=args, metrics=metrics, force=True)
         self.manager.wait_until_finished()
