@@ -367,6 +367,11 @@ class Config(RunConfigFile):
 
     def __post_init__(self):
         _require(bool(self.name), "name must not be empty")
+        _require(
+            self.data.max_len <= self.model.max_len,
+            f"data.max_len={self.data.max_len} exceeds model.max_len={self.model.max_len} (the positions the model "
+            "encodes); fix: raise model.max_len or lower data.max_len",
+        )
 
 
 
@@ -456,6 +461,8 @@ def load_config_file(path: str, overrides: list[str] = ()) -> Config:
 def _recipe_config(path: str):
     """What `get_config()` of the recipe file at `path` returns; a broken file is one ConfigError line."""
     spec = importlib.util.spec_from_file_location("_user_config", path)
+    if spec is None:  # not a .py file
+        raise ConfigError(f"{path} is neither a recipe (.py, defining get_config()) nor a run's config.json")
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)

@@ -97,6 +97,11 @@ def test_bad_rows_are_reported_with_line_numbers(tmp_path):
     assert "line 5: empty text" in message
     texts, labels = cdata.validate_rows(rows, cfg.label_list, str(path), skip_bad=True)
     assert texts == ["good film", "fine"] and labels.tolist() == [1, 0]
+    whole = gzip.compress(path.read_bytes())
+    for name, content in (("plain.tsv.gz", path.read_bytes()), ("cut.tsv.gz", whole[: len(whole) // 2])):
+        (tmp_path / name).write_bytes(content)  # not gzip data / a truncated download: one line, no traceback
+        with pytest.raises(UserError, match=f"{name}: cannot read it .*fix: replace the file"):
+            cdata.read_rows(str(tmp_path / name), cfg)
 
 
 def test_jsonl_and_csv_with_configurable_columns(tmp_path):

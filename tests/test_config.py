@@ -269,6 +269,11 @@ def test_load_config_file_errors(tmp_path):
     for load in (load_config_file, load_any_config):
         with pytest.raises(ConfigError, match=f"could not load {misspelt}: TypeError: .*pathh"):
             load(str(misspelt))
+    yaml = tmp_path / "recipe.yaml"  # neither .py nor .json
+    yaml.write_text("name: x\n")
+    for load in (load_config_file, load_any_config):
+        with pytest.raises(ConfigError, match="is neither a recipe"):
+            load(str(yaml))
     garbled = tmp_path / "config.json"  # a run's config.json that is not UTF-8 text
     garbled.write_bytes(b"{\"name\": \"\xff\"}")
     for load in (load_config_file, load_any_config):

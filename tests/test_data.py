@@ -245,10 +245,15 @@ def test_get_tokenizer_trains_then_reuses_run_copy(tmp_path, multi30k):
     model = tmp_path / "run" / "spm.model"
     assert model.is_file() and tokenizer.vocab_size == 500
     stamp = model.stat().st_mtime_ns
+    (tmp_path / "run" / "config.json").write_text("{}")  # a started run: its vocabulary is its own from now on
     again = data.get_tokenizer(DataConfig(vocab_size=999, path="/nonexistent"), str(tmp_path / "run"))  # resume
     assert again.vocab_size == 500 and model.stat().st_mtime_ns == stamp
     copied = data.get_tokenizer(DataConfig(spm_model=str(model)), str(tmp_path / "other"))  # a given model is copied
     assert (tmp_path / "other" / "spm.model").read_bytes() == model.read_bytes() and copied.vocab_size == 500
+    # the vocabulary of an attempt that never started (no config.json) is not reused: the settings may differ now
+    (tmp_path / "run" / "config.json").unlink()
+    remade = data.get_tokenizer(dataclasses.replace(cfg, vocab_size=400), str(tmp_path / "run"), pairs[:2000])
+    assert remade.vocab_size == 400
 
 
 def test_a_vocabulary_trained_from_a_prepared_split_is_cached_by_its_content(tmp_path, corpus, caplog):

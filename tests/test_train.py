@@ -336,6 +336,21 @@ def test_incompatible_run_directory_is_refused_and_kept(corpus, tmp_path):
     assert Checkpointer(str(tmp_path / "run" / "checkpoints"), read_only=True).all_steps() == [4]
 
 
+def test_lengths_past_the_models_positions_are_refused_in_one_line(tmp_path):
+    """A training length the positional encoding does not cover is a config error; a validation pair longer than it
+    is named (without the check: a ValueError at the first evaluation, or silently clamped positions when packed)."""
+    corpus = _write_slice(tmp_path / "corpus", n_train=300, n_valid=8)
+    config = _config(corpus, tmp_path / "run")
+    with pytest.raises(UserError, match="data.max_len=40 exceeds model.max_len=32"):
+        dataclasses.replace(config, model=dataclasses.replace(config.model, max_len=32))
+    for lang in ("en", "de"):
+        with open(os.path.join(corpus, f"val.{lang}"), "a", encoding="utf-8") as f:
+            f.write(" ".join(["A dog runs on the beach."] * 30) + "\n")  # pair 9: far over 128 tokens
+    with pytest.raises(UserError, match="validation split 'val', pair 9: .* more than model.max_len=128; fix: "):
+        train(config)
+    assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # The command line: one clear line and a non-zero exit for user errors
 # ---------------------------------------------------------------------------------------------------------------------

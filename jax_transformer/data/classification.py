@@ -89,6 +89,8 @@ def iter_rows(path: str, cfg: ClassifyDataConfig, limit: int = 0) -> Iterator[tu
         raise UserError(f"{path} is not UTF-8 text ({e})") from None
     except csv.Error as e:
         raise UserError(f"{path}: unreadable {cfg.format.upper()} ({e})") from None
+    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError; EOFError: a truncated .gz
+        raise UserError(f"{path}: cannot read it ({e}); fix: replace the file (a .gz file must be gzip data)") from None
 
 
 def read_rows(path: str, cfg: ClassifyDataConfig, limit: int = 0) -> list[tuple[int, str | None, str | None]]:

@@ -243,7 +243,8 @@ def get_tokenizer(
     train_pairs: Sequence[tuple[str, str]] | None = None,
     source: SplitSource | None = None,
 ) -> Tokenizer:
-    """The run's tokenizer: `run_dir/spm.model` if it exists (resume, inference), else a copy of cfg.spm_model, else
+    """The run's tokenizer: `run_dir/spm.model` of a started run (one with config.json: resume, inference), else a
+    copy of cfg.spm_model, else
     a joint vocabulary trained on the training split's source and target sentences (at most cfg.spm_max_sentences,
     sampled with a fixed seed so the same data gives the same vocabulary).
 
@@ -252,7 +253,9 @@ def get_tokenizer(
     named by the split's content and the vocabulary settings, so the next run on the same data starts at once.
     """
     path = os.path.join(run_dir, "spm.model")
-    if os.path.isfile(path):
+    # a vocabulary without config.json was left by a first attempt that stopped before training (bad data, Ctrl-C);
+    # the data or vocabulary settings may have changed since, so it is made again, not reused
+    if os.path.isfile(path) and os.path.isfile(os.path.join(run_dir, "config.json")):
         tokenizer = Tokenizer.load(path)
     elif cfg.spm_model:
         tokenizer = Tokenizer.load(cfg.spm_model)

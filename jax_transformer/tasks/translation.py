@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jax_transformer.config import Config
+from jax_transformer.config import Config, UserError
 from jax_transformer.data import pipeline as data_lib
 from jax_transformer.data.stream import BucketStream, PackedStream, packed_eval_batches
 from jax_transformer.decode.translator import Translator
@@ -133,6 +133,13 @@ class TranslationData:
             )
         valid_pairs = data_lib.load_split(cfg, cfg.valid_split)
         valid = data_lib.encode_examples(valid_pairs, self.tokenizer, None, cfg.max_source_len)
+        for number, (source, target) in enumerate(valid.examples, 1):  # nothing dropped: pair `number` of the split
+            if max(len(source), len(target)) > config.model.max_len:
+                raise UserError(
+                    f"validation split {cfg.valid_split!r}, pair {number}: {max(len(source), len(target))} tokens "
+                    f"(EOS included), more than model.max_len={config.model.max_len}; fix: raise model.max_len, set "
+                    "data.max_source_len (to cut long sources), or remove the pair"
+                )
         self.valid_examples = valid.examples
         self.valid_references = [target for _, target in valid_pairs]
         cut = f" ({valid.truncated:,} sources cut)" if cfg.max_source_len else ""
