@@ -466,3 +466,13 @@ def test_data_config_checks_languages_and_coverage():
     with pytest.raises(ConfigError, match="spm_character_coverage"):
         DataConfig(spm_character_coverage=0.0)
     DataConfig(format="tsv", src_lang="en", tgt_lang="en", src_field="0", tgt_field="1")  # distinct columns are fine
+
+
+def test_the_vocabulary_cache_is_keyed_on_the_fields_read_too(tmp_path):
+    """Two text fields of one TFDS split (same name, version, split and size) are other sentences: other caches."""
+    from jax_transformer.data.pipeline import SplitSource, _cached_tokenizer_path
+
+    cfg = DataConfig(cache_dir=str(tmp_path))
+    paths = {_cached_tokenizer_path(cfg, SplitSource([], "wmt:1.0.0:train:10", keys=keys))
+             for keys in (("en", "de"), ("en", "fr"), ("en", "de"))}  # fmt: skip
+    assert len(paths) == 2

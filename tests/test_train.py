@@ -428,3 +428,14 @@ def test_dropout_masks_differ_between_layers_and_steps():
     assert not jnp.array_equal(step1[0], step1[1]) and not jnp.array_equal(step1[0], step1[2])
     assert not jnp.array_equal(step1, step2)
     np.testing.assert_array_equal(step1, masks(state["params"], jax.random.key(1)))
+
+
+def test_earlier_sessions_time_adds_up_the_processes_before_the_latest():
+    from jax_transformer.train.run_log import earlier_sessions_seconds
+
+    records = [{"kind": "start", "step": 0, "time": 0.1}, {"kind": "train", "step": 4, "time": 30.0},
+               {"kind": "valid", "step": 4, "time": 41.5},  # the first process: 41.5 s
+               {"kind": "start", "step": 4, "time": 0.2}, {"kind": "train", "step": 8, "time": 12.0},  # 12 s
+               {"kind": "start", "step": 8, "time": 0.1}, {"kind": "train", "step": 12, "time": 5.0}]  # fmt: skip
+    assert earlier_sessions_seconds(records) == 41.5 + 12.0  # the latest process counts its own time
+    assert earlier_sessions_seconds(records[:3]) == 0.0  # one process: nothing before it

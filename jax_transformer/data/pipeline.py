@@ -139,17 +139,17 @@ class SplitSource:
     """
 
     def __init__(self, records, identity: str, keys: tuple[str, str] | None = None, where: str = ""):
-        self.records, self.identity = records, identity
-        self._keys, self._where = keys, where  # catalog datasets: the text fields to read; local: 'source', 'target'
+        self.records, self.identity, self.keys = records, identity, keys
+        self._where = where  # catalog datasets: keys are the text fields to read; local: None ('source', 'target')
 
     def __len__(self) -> int:
         return len(self.records)
 
     def _pair(self, record: dict, i: int) -> tuple[str, str] | None:
-        if self._keys is None:
+        if self.keys is None:
             return record["source"].decode("utf-8"), record["target"].decode("utf-8")
         where = f"{self._where} example {i}"
-        source, target = (record_field(record, key, where).strip() for key in self._keys)
+        source, target = (record_field(record, key, where).strip() for key in self.keys)
         return (source, target) if source and target else None
 
     def __getitem__(self, i: int) -> tuple[str, str] | None:
@@ -285,8 +285,9 @@ def get_tokenizer(
 def _cached_tokenizer_path(cfg: DataConfig, source: SplitSource) -> str:
     import sentencepiece
 
-    settings = [source.identity, cfg.vocab_size, cfg.spm_model_type, cfg.spm_character_coverage,
-                cfg.spm_max_sentences, sentencepiece.__version__]  # fmt: skip
+    # the fields read count too: a TFDS split's identity names the dataset, not which of its text fields are read
+    settings = [source.identity, source.keys and list(source.keys), cfg.vocab_size, cfg.spm_model_type,
+                cfg.spm_character_coverage, cfg.spm_max_sentences, sentencepiece.__version__]  # fmt: skip
     digest = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:16]
     return os.path.join(cfg.cache_dir or default_cache_dir(), "vocabularies", f"{digest}.model")
 

@@ -35,6 +35,7 @@ from jax_transformer.train import sharding
 from jax_transformer.train.checkpoint import Checkpointer
 from jax_transformer.train.loop import fit, say
 from jax_transformer.train.optimizer import layer_lr_scales, learning_rate_schedule, make_optimizer
+from jax_transformer.train.run_log import earlier_sessions_seconds, read_metrics
 from jax_transformer.train.steps import Steps, reseed_dropout, symmetric_kl
 
 
@@ -255,7 +256,8 @@ class ClassificationTask:
     def finish(self, result: dict, checkpoints: Checkpointer) -> dict:
         """The best checkpoint's dev report, as eval.json and a confusion-matrix plot."""
         config, run_dir = self.config, self.config.directory
-        train_seconds = time.time() - self.started
+        # this process's time, and that of the sessions before it when the run was resumed (from metrics.jsonl)
+        train_seconds = earlier_sessions_seconds(read_metrics(run_dir)) + time.time() - self.started
         best_step = best_checkpoint_step(checkpoints)
         classifier = Classifier.load(run_dir, step=best_step)
         report = classifier.evaluate(self.valid_set)

@@ -38,3 +38,16 @@ def read_metrics(run_dir: str) -> list[dict]:
         return []
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def earlier_sessions_seconds(records: list[dict]) -> float:
+    """Wall time of a run's training processes before the latest one (each process writes a "start" record first and
+    counts its `time` from 0): what a resumed run adds to its own clock to report the whole run's time."""
+    sessions, last = [], 0.0
+    for record in records:
+        if record.get("kind") == "start":
+            sessions.append(last)
+            last = 0.0
+        elif "time" in record:
+            last = max(last, float(record["time"]))
+    return sum(sessions)
