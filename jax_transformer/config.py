@@ -367,11 +367,6 @@ class Config(RunConfigFile):
 
     def __post_init__(self):
         _require(bool(self.name), "name must not be empty")
-        _require(
-            self.data.max_len <= self.model.max_len,
-            f"data.max_len={self.data.max_len} exceeds model.max_len={self.model.max_len} (the positions the model "
-            "encodes); fix: raise model.max_len or lower data.max_len",
-        )
 
 
 

@@ -262,6 +262,15 @@ def test_text_translations_match(exported, beam_size, alpha):
         assert sum(a == b for a, b in zip(jax_text, SENTENCES, strict=True)) >= 0.9 * len(SENTENCES), jax_text
 
 
+def test_an_over_long_source_is_cut_as_the_jax_translator_cuts_it(exported):
+    """A source longer than model.max_len is cut to it on both sides (it would not fit the positions)."""
+    words = " ".join(SENTENCES).split()
+    long = " ".join(words * (1 + 2 * exported.translator.config.model.max_len // len(words)))
+    assert len(exported.sp.encode(long)) > exported.translator.config.model.max_len
+    jax_text = exported.translator.translate([long, SENTENCES[0]], beam_size=4, alpha=0.6)
+    assert translate(exported.model, exported.sp, [long, SENTENCES[0]], 4, 0.6) == jax_text
+
+
 @pytest.mark.parametrize("beam_size", [1, 4])
 def test_summary_options_match_token_for_token(exported, beam_size):
     """decode.min_len and decode.no_repeat_ngram_size ban the same tokens in both frameworks."""

@@ -356,6 +356,7 @@ def test_hf_length_penalty_is_log_p_over_length_to_the_power(copy_export):
         (dict(norm_position="pre", share_embeddings=False, target_vocab_size=37), "model.share_embeddings=False"),
         (dict(positional="learned"), "model.positional='learned'"),
         (dict(layer_norm_eps=1e-6), "model.layer_norm_eps=1e-06"),
+        (dict(embedding_norm=True), "model.embedding_norm=True"),
     ],
 )
 def test_inexpressible_options_are_refused(overrides, message):
@@ -372,4 +373,16 @@ def test_export_command_refuses_what_hf_cannot_express(tmp_path_factory, tmp_pat
     err = capsys.readouterr().err
     assert err.startswith("error: cannot export to Hugging Face") and err.strip().count("\n") == 0, err
     assert "share_embeddings=False" in err and "positional='learned'" in err
+    assert not (tmp_path / "hf").exists()
+
+
+def test_export_without_transformers_installed_is_one_line(tmp_path_factory, tmp_path, capsys, monkeypatch):
+    import sys
+
+    source = random_model_dir(tmp_path_factory.getbasetemp(), "random_model", **RANDOM_VARIANT)
+    monkeypatch.setitem(sys.modules, "transformers", None)  # as if not installed: importing it raises ImportError
+    assert export_cli.main([source, "--to", "hf", "--out", str(tmp_path / "hf")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: Hugging Face transformers is not installed; fix: pip install"), err
+    assert err.count("\n") == 1
     assert not (tmp_path / "hf").exists()

@@ -496,7 +496,12 @@ def test_a_soup_is_the_mean_of_the_runs_weights_and_reads_like_a_run(trained_run
     assert souped.evaluate(dev)["accuracy"] == report["accuracy"]
 
     assert soup.main([*runs, "--out", out]) == 1  # the soup is not overwritten
-    assert "already holds a model" in capsys.readouterr().err
+    assert "already exists and is not empty" in capsys.readouterr().err
+    mine = tmp_path / "mine"  # nor is any other folder with files in it
+    mine.mkdir()
+    (mine / "config.json").write_text("my notes", encoding="utf-8")
+    assert soup.main([*runs, "--out", str(mine)]) == 1
+    assert (mine / "config.json").read_text(encoding="utf-8") == "my notes" and os.listdir(mine) == ["config.json"]
     odd = str(tmp_path / "odd")
     shutil.copytree(other, odd)
     with open(os.path.join(odd, "labels.json"), "w") as f:

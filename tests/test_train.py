@@ -342,7 +342,7 @@ def test_lengths_past_the_models_positions_are_refused_in_one_line(tmp_path):
     corpus = _write_slice(tmp_path / "corpus", n_train=300, n_valid=8)
     config = _config(corpus, tmp_path / "run")
     with pytest.raises(UserError, match="data.max_len=40 exceeds model.max_len=32"):
-        dataclasses.replace(config, model=dataclasses.replace(config.model, max_len=32))
+        train(dataclasses.replace(config, model=dataclasses.replace(config.model, max_len=32)))
     for lang in ("en", "de"):
         with open(os.path.join(corpus, f"val.{lang}"), "a", encoding="utf-8") as f:
             f.write(" ".join(["A dog runs on the beach."] * 30) + "\n")  # pair 9: far over 128 tokens

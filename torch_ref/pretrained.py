@@ -83,16 +83,17 @@ def search(model, src_ids, beam_size: int, alpha: float, max_extra_len: int, min
 def translate(model, sp, sentences, beam_size=None, alpha=None, max_extra_len=None, batch_size: int = 32):
     """Translations of raw sentences (greedy when beam_size == 1), in input order. Unset search settings come from
     the exported config's decode section (as do min_len and no_repeat_ngram_size), and sources longer than its
-    data.max_source_len are truncated. Sentences are batched by length; each output depends only on its own
-    source (per-sentence limits), not on its batch."""
+    data.max_source_len or than the model's max_len are cut (as `jax_transformer.translate` cuts them). Sentences
+    are batched by length; each output depends only on its own source (per-sentence limits), not on its batch."""
     defaults = getattr(model, "decode_defaults", DEFAULT_DECODE)
     beam_size = defaults["beam_size"] if beam_size is None else beam_size
     alpha = defaults["alpha"] if alpha is None else alpha
     max_extra_len = defaults["max_extra_len"] if max_extra_len is None else max_extra_len
     if beam_size < 1:
         raise ValueError(f"beam_size must be at least 1, got {beam_size}")
-    limit = getattr(model, "max_source_len", 0)  # data.max_source_len: long sources are cut as in training
-    sources = [(ids[: limit - 1] if limit else ids) + [EOS_ID] for ids in sp.encode(list(sentences), out_type=int)]
+    # cut to data.max_source_len (as in training) and to the positions the model has (model.max_len), EOS included
+    limit = min(getattr(model, "max_source_len", 0) or model.config.max_len, model.config.max_len)
+    sources = [ids[: limit - 1] + [EOS_ID] for ids in sp.encode(list(sentences), out_type=int)]
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
     outputs = [""] * len(sources)
     for start in range(0, len(order), batch_size):

@@ -17,7 +17,7 @@ import os
 import shutil
 import sys
 
-from jax_transformer.cli import run_cli
+from jax_transformer.cli import require_new_output_dir, run_cli
 
 RUN_FILES = ("config.json", "labels.json", "model.json")
 
@@ -53,8 +53,7 @@ def make_soup(run_dirs: list[str], out_dir: str, checkpoint: str = "best") -> di
     from jax_transformer.train.checkpoint import Checkpointer, mean_params
 
     check_compatible(run_dirs)
-    if os.path.exists(os.path.join(out_dir, "checkpoints")):
-        raise UserError(f"{out_dir} already holds a model; fix: pick another --out or delete it")
+    require_new_output_dir(out_dir, *run_dirs)  # nothing in it is overwritten or mixed with the soup
     sources, trees = [], []
     for run in run_dirs:
         checkpoints = Checkpointer(os.path.join(run, "checkpoints"), keep=1, read_only=True)

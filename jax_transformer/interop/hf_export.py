@@ -86,9 +86,20 @@ def hf_architecture(config: ModelConfig) -> str:
     return "pegasus" if config.norm_position == "pre" else "marian"
 
 
+def require_transformers() -> None:
+    """`transformers` is an optional dependency (the `bert` extra): its absence is one line, before any work."""
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        fix = "pip install -e '.[bert]' (or pip install transformers)"
+        raise UserError(f"Hugging Face transformers is not installed; fix: {fix}") from None
+
+
 def check_exportable(config: ModelConfig) -> None:
     """Raise a UserError naming every option of `config` that the Hugging Face model cannot express."""
     problems = []
+    if config.embedding_norm:
+        problems.append("model.embedding_norm=True (Marian and Pegasus have no LayerNorm on the embeddings)")
     if config.positional != "sinusoidal":
         problems.append("model.positional='learned' (Marian's and Pegasus' positions are fixed sinusoids)")
     if config.layer_norm_eps != HF_LAYER_NORM_EPS:
@@ -102,7 +113,8 @@ def check_exportable(config: ModelConfig) -> None:
         raise UserError(
             "cannot export to Hugging Face (Marian for post-norm, Pegasus for pre-norm): " + "; ".join(problems)
             + ". Fix: export with --to torch (torch_ref runs every option), or train with "
-            "model.positional=sinusoidal, model.layer_norm_eps=1e-5 (and shared embeddings when pre-norm)"
+            "model.positional=sinusoidal, model.layer_norm_eps=1e-5, no embedding_norm (and shared embeddings when "
+            "pre-norm)"
         )  # fmt: skip
 
 

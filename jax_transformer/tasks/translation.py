@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jax_transformer.config import Config, UserError
+from jax_transformer.config import Config, ConfigError, UserError
 from jax_transformer.data import pipeline as data_lib
 from jax_transformer.data.stream import BucketStream, PackedStream, packed_eval_batches
 from jax_transformer.decode.translator import Translator
@@ -104,6 +104,11 @@ class TranslationData:
 
     def __init__(self, config: Config):
         cfg = config.data
+        if cfg.max_len > config.model.max_len:  # checked for training only: a trained model's data.max_len is history
+            raise ConfigError(
+                f"data.max_len={cfg.max_len} exceeds model.max_len={config.model.max_len} (the positions the model "
+                "encodes); fix: raise model.max_len or lower data.max_len"
+            )
         started = time.time()
         train = data_lib.open_split(cfg, cfg.train_split)
         self.tokenizer = data_lib.get_tokenizer(cfg, config.directory, source=train)
