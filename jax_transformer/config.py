@@ -161,7 +161,8 @@ class DataConfig:
     # batching
     max_len: int = 128  # longest training pair in tokens (EOS included); longer ones are dropped and counted
     # > 0: sources longer than this many tokens (EOS included) are cut to their first max_source_len - 1 tokens + EOS,
-    # in training, validation and at inference, and counted (summarization of long documents); 0: never truncated
+    # in training, validation and at inference (counted for validation and by evaluate/translate; summarization of
+    # long documents); 0: never truncated
     max_source_len: int = 0
     # jsonl: a field holding a list of reference texts per example, used by evaluate for multi-reference scores
     # (DialogSum test: 'references', 3 summaries each); '': the target field is the only reference
@@ -476,7 +477,7 @@ def _recipe_config(path: str):
 # Typed, validated configuration of text-classification fine-tuning (a pretrained BERT-architecture encoder + head).
 #
 # A recipe (`configs/sst2_minilm.py`) defines `get_config() -> ClassifyConfig`; `train.py` sees the type and runs
-# `classify.train_classifier`. Overrides (`--config.train.learning_rate=3e-5`), unknown-key refusal and type checks
+# `tasks.classification.train_classifier`. Overrides (`--config.train.learning_rate=3e-5`), unknown-key refusal and type checks
 # work as for translation configs (`config.py`). The resolved config (labels filled in) is saved as the run's
 # config.json with `"task": "classification"`, which is how `load_any_config` recognises it later.
 
