@@ -477,9 +477,9 @@ def _recipe_config(path: str):
 # Typed, validated configuration of text-classification fine-tuning (a pretrained BERT-architecture encoder + head).
 #
 # A recipe (`configs/sst2_minilm.py`) defines `get_config() -> ClassifyConfig`; `train.py` sees the type and runs
-# `tasks.classification.train_classifier`. Overrides (`--config.train.learning_rate=3e-5`), unknown-key refusal and type checks
-# work as for translation configs (`config.py`). The resolved config (labels filled in) is saved as the run's
-# config.json with `"task": "classification"`, which is how `load_any_config` recognises it later.
+# `tasks.classification.train_classifier`. Overrides (`--config.train.learning_rate=3e-5`), unknown-key refusal and
+# type checks work as for translation configs (`config.py`). The resolved config (labels filled in) is saved as the
+# run's config.json with `"task": "classification"`, which is how `load_any_config` recognises it later.
 
 
 
