@@ -12,6 +12,7 @@ test_train.py, a two-process one in test_sharding.py.
 import json
 from collections import Counter
 
+import grain
 import jax
 import numpy as np
 import pytest
@@ -226,3 +227,16 @@ def test_each_packed_pair_gets_the_logits_it_gets_alone(variant):
     others = batch["tgt_segments"][0] != 2
     np.testing.assert_array_equal(again[0][others], packed[0][others])
     assert not np.allclose(again[0][~others], packed[0][~others])
+
+
+def test_equal_shares_are_not_read_in_lockstep():
+    """With one seed, grain would give two shares of one length the same permutation: process p reading line 2*pi(j) + p
+    at position j, so every pair of neighbouring lines would always land in the same global batch."""
+    from jax_transformer.data.stream import _share
+
+    orders = [list(_share(range(400), 3, True, index, 2)) for index in range(2)]  # the line numbers each reads
+    assert sorted(orders[0]) == list(range(0, 400, 2)) and sorted(orders[1]) == list(range(1, 400, 2))
+    in_lockstep = sum(b == a + 1 for a, b in zip(orders[0], orders[1], strict=True))
+    assert in_lockstep < 20, in_lockstep  # chance: about 1 position in 200
+    one = list(_share(range(400), 3, True, 0, 1))
+    assert one == list(grain.MapDataset.range(400).shuffle(seed=3))  # one process: the run's seed, as before

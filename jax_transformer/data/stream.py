@@ -181,6 +181,11 @@ def _share(source: Sequence, seed: int, shuffle: bool, process_index: int, proce
     if len(source) < process_count:
         raise UserError(f"{len(source)} training examples cannot be shared by {process_count} processes")
     dataset = grain.MapDataset.range(len(source))[process_index::process_count]
+    # grain's permutation depends on (share length, seed): shares of one length under one seed would walk in lockstep
+    # (process p reading line k*pi(j) + p at position j, so neighbouring lines always share a global batch). Process 0
+    # keeps the run's seed (a one-process run's order); the others derive their own.
+    if process_index:
+        seed = int(np.random.SeedSequence([seed % 2**32, process_index]).generate_state(1)[0])
     return dataset.shuffle(seed=seed % 2**32) if shuffle else dataset
 
 

@@ -270,7 +270,7 @@ def fit(task, *, crash_at_step: int | None = None) -> dict:
                     say(f"step {step}: loss {last['loss']:.4f} lr {last['lr']:.3e} {last['tokens_per_s']:,.0f} tok/s")
                 pending, real_tokens, window_start = [], 0, time.time()
 
-            evaluated = None
+            evaluated, paused_from = None, time.time()  # evaluation and saving do not count as training throughput
             if tcfg.eval_every and (step % tcfg.eval_every == 0 or step == total_steps):
                 started = time.time()
                 evaluated = task.evaluate(state, step)
@@ -280,6 +280,7 @@ def fit(task, *, crash_at_step: int | None = None) -> dict:
             if evaluated is not None or (tcfg.save_every and step % tcfg.save_every == 0) or step == total_steps:
                 save(evaluated)
                 saved_step = step
+            window_start += time.time() - paused_from
             if step < total_steps and stop.agreed(at_log_step):
                 raise stopped()
     except KeyboardInterrupt:  # a second Ctrl-C, or Ctrl-C where no handler could be installed
