@@ -3,7 +3,8 @@ the `export --to hf` weights, and CTranslate2 (fp32 and int8) on the `export --t
 
   python bench/decode_throughput.py --model runs/multi30k_en_de_demo [--beam 4] [--sentences 1000] [--batch 64]
 
-What is the same for every row: the first N sentences of Multi30k test2016, in the same length-sorted batches of
+What is the same for every row: float32 (a bf16-trained run's fp32 weights are decoded in fp32, as the exports
+are); the first N sentences of Multi30k test2016, in the same length-sorted batches of
 --batch sentences (sources = our ids + EOS); beam size; length penalty 0 (alpha 0: every system searches log P);
 PAD and BOS never produced; **one per-sentence output limit**, source length + decode.max_extra_len tokens counting
 EOS, forced to end with EOS (ours natively; Hugging Face through a logits processor that forces EOS per row, as its
@@ -25,6 +26,7 @@ decoder over the prefix each step (what decoding costs without a cache).
 """
 
 import argparse
+import dataclasses
 import gzip
 import json
 import os
@@ -113,7 +115,14 @@ def main() -> int:
         limits = np.array([min(len(ids[i]) + 1 + extra, cap) for i in rows], np.int32)  # EOS counted
         batches.append((rows, src, limits))
 
-    model = nnx.merge(translator.graphdef, translator.params, translator.rest)
+    if config.model.dtype == "float32":
+        model = nnx.merge(translator.graphdef, translator.params, translator.rest)
+    else:  # a run trained in bf16 keeps fp32 weights: decode them in fp32, the peers' precision (fp32 exports)
+        from jax_transformer.model.transformer import Transformer
+
+        model = Transformer(dataclasses.replace(config.model, dtype="float32"), rngs=nnx.Rngs(0))
+        nnx.update(model, translator.params)
+        model.eval()
     runners = {}
 
     def jax_runner(stepper, **rule):
@@ -260,7 +269,8 @@ def orchestrate(args) -> int:
     print(f"{common.cpu_model()}, {common.available_cores()} threads per library, each in its own process; beam "
           f"{args.beam}, alpha 0; {count} sentences of Multi30k test2016 ({lang_src}->{lang_tgt}) in batches of <= "
           f"{args.batch}; per-sentence limit source + decode.max_extra_len tokens; JAX KV cache grown from "
-          f"{args.cache_block or 'the full output length'}")  # fmt: skip
+          f"{args.cache_block or 'the full output length'}; float32 on every side (the run's model.dtype: "
+          f"{run.model.dtype})")  # fmt: skip
     print(f"\nmedian of {args.repeats} rounds; the ratio to Hugging Face is the median (range) of the per-round "
           "ratios:")  # fmt: skip
     print("\n| decoder | sentences/s | x Hugging Face | seconds | warm-up s | BLEU | compared with | identical |")

@@ -6,14 +6,14 @@ config (the tests do: `--sizes test --quick`).
   python bench/gpu.py --sizes base --rows 256  # a larger batch
   python bench/gpu.py --sizes test --quick     # a smoke run on any machine
 
-Training: the project's own jitted train step (`tasks.translation.translation_steps`, the one the trainer runs: AdamW,
-label smoothing, clipping, donated state) on one fixed batch of --rows sentences padded to --src-len/--tgt-len with
-realistic padding (bench/train_throughput.py's batch), --warmup untimed steps (the first compiles), then --steps timed
-ones; tokens/s counts real target tokens, MFU = analytic matmul FLOPs per step (train_throughput.train_flops, on the
-padded shapes) / median step time / the device's bf16 peak: the vendor's dense bf16 figure for known devices (table
-below), and also against the bf16 matmul rate measured here (a large jnp.dot). Decoding: beam 4 over --decode-rows
-random source sentences of --src-len tokens with the same (untrained) weights, so every hypothesis runs to its length
-limit, source + 50 tokens: the most work a batch can cost.
+Training: the project's own jitted train step (`tasks.translation.translation_steps`, the one the trainer runs; with
+TrainConfig's defaults: Adam without weight decay or clipping, label smoothing 0.1, donated state) on one fixed batch of
+--rows sentences padded to --src-len/--tgt-len with realistic padding (bench/train_throughput.py's batch), --warmup
+untimed steps (the first compiles), then --steps timed ones; tokens/s counts real target tokens, MFU = analytic matmul
+FLOPs per step (train_throughput.train_flops, on the padded shapes) / median step time / the device's bf16 peak: the
+vendor's dense bf16 figure for known devices (table below), and also against the bf16 matmul rate measured here (a large
+jnp.dot). Decoding: beam 4 over --decode-rows random source sentences of --src-len tokens with the same (untrained)
+weights, so every hypothesis runs to its length limit, source + 50 tokens: the most work a batch can cost.
 
 Anchors (not measured here): NVIDIA's Deep Learning Examples report Transformer-big at ~82k tokens/s with AMP on one
 A100; the paper's base model trained on 8 P100s at ~0.4 s per step of ~25k source + ~25k target tokens.

@@ -63,7 +63,9 @@ def main(argv=None) -> int:
         print("this comparison mirrors sinusoidal ReLU models only", file=sys.stderr)
         return 2
     examples = data_lib.encode_examples(pairs, tokenizer, config.data.max_len).examples
-    batches = BucketStream(examples, config.data.max_tokens, config.data.length_bucket_step, seed=0)
+    stream = iter(BucketStream(examples, config.data.max_tokens, config.data.length_bucket_step, seed=0))
+    # read once, fed to both sides: the stream is one iterator (a second iter() would continue where the first stopped)
+    batches = [next(stream) for _ in range(args.steps)]
     model = Transformer(config.model, rngs=nnx.Rngs(params=0, dropout=1))
     initial_weights = to_state_dict(model)  # before the JAX step donates them
     steps = translation_steps(config, model)
@@ -77,9 +79,9 @@ def main(argv=None) -> int:
     def curve(train_one):
         """Train --steps steps; the nll per target token of each --log-every window. `train_one` returns the step's
         {'nll', 'tokens'} sums, which stay on the device until the window is summed (as in the trainer)."""
-        it, pending, out, started = iter(batches), [], {}, time.time()
-        for step in range(1, args.steps + 1):
-            pending.append(train_one(next(it), step - 1))
+        pending, out, started = [], {}, time.time()
+        for step, batch in enumerate(batches, 1):
+            pending.append(train_one(batch, step - 1))
             if step % args.log_every == 0:
                 window = sum_metrics(pending)
                 out[step], pending = window["nll"] / window["tokens"], []

@@ -19,8 +19,9 @@ on one fixed, seeded batch (`--rows` sentences padded to `--src-len` / `--tgt-le
 
 Reported: the median step time of `--steps` timed steps after `--warmup` untimed ones (the first of which includes
 JAX's compilation, shown separately); tokens/s = real (non-pad) source + target tokens of the batch / median step
-time; MFU = model FLOPs per step (`train_flops`) / median step time / the measured fp32 matmul peak (the larger of
-the jnp.dot and torch.matmul peaks, so that every row shares one denominator). This is a CPU benchmark: other
+time; MFU = model FLOPs per step (`train_flops`, on the padded shapes) / median step time / the measured matmul
+peak of the precision used (`common.matmul_peaks`: the best of the jnp.dot and torch.matmul products in that
+precision, so that both frameworks' rows share one denominator). This is a CPU benchmark: other
 processes on the machine add noise, which the p10-p90 column makes visible.
 
 The header prints the XLA_FLAGS in effect (none by default: see `common.xla_flags_line` for the flags measured).
@@ -266,16 +267,7 @@ def main(argv=None) -> int:
           f"{100 * real_tokens / padded_tokens:.0f}%); vocabulary {vocab}")  # fmt: skip
     print(f"- {args.warmup} warm-up + {args.steps} timed steps per row; precision {precision}", flush=True)
 
-    peaks = {"jax fp32": common.jax_matmul_peak(args.peak_size), "torch fp32": common.torch_matmul_peak(args.peak_size)}
-    if args.bf16:
-        peaks["jax bf16"] = common.jax_matmul_peak(args.peak_size, "bfloat16")
-        peaks["torch bf16"] = common.torch_matmul_peak(args.peak_size, "bfloat16")
-    peak = max(peaks["jax fp32"], peaks["torch fp32"])
-    n = args.peak_size
-    print(f"- matmul peak ({n}x{n} @ {n}x{n}, median of 7): "
-          + ", ".join(f"{name} {value / 1e9:.1f} GFLOP/s" for name, value in peaks.items())
-          + f"; MFU below is against {peak / 1e9:.1f} GFLOP/s, the larger fp32 peak, for every row"
-          + (" (bf16 rows too)" if args.bf16 else ""), flush=True)  # fmt: skip
+    peak = common.matmul_peaks([precision], args.peak_size)[precision]  # MFU against the peak of the precision used
 
     header = ["framework", "precision", "model", "params", "GFLOP/step", "step ms (median)", "p10-p90 ms",
               "tokens/s", "MFU"]  # fmt: skip
@@ -319,7 +311,7 @@ def main(argv=None) -> int:
     print()
     print("tokens/s: real (non-pad) source + target tokens per second of median step time. GFLOP/step: analytic "
           "matmul FLOPs of one training step on the padded shapes (3 x forward; see train_flops). MFU: "
-          "GFLOP/step / step time / the fp32 matmul peak above.")  # fmt: skip
+          f"GFLOP/step / step time / the {precision} matmul peak above.")  # fmt: skip
     for note in notes:
         print(f"- {note}")
     return 0
