@@ -85,3 +85,15 @@ def test_a_resumed_run_keeps_the_best_of_its_earlier_sessions(tmp_path):
     save(resumed, 6, 0.5, 5.0)  # a better one: the old best goes
     assert resumed.all_steps() == [6] and resumed.best_step() == 6
     np.testing.assert_array_equal(resumed.restore_arrays(6)["params"]["w"], w(6)["params"]["w"])
+
+
+def test_an_unreadable_meta_does_not_stop_the_others_from_being_ranked(tmp_path):
+    directory = str(tmp_path / "checkpoints")
+    checkpoints = Checkpointer(directory, keep=3)
+    for step, bleu in ((1, 30.0), (2, 20.0)):
+        checkpoints.save(step, {"w": np.zeros(2, np.float32)}, {"metrics": {"bleu": bleu}}, metrics={"bleu": bleu})
+    checkpoints.close()
+    with open(f"{directory}/1/meta/metadata", "w") as f:
+        f.write("{not json")  # the earlier best, damaged
+    resumed = Checkpointer(directory, keep=3)  # a resumed run opens the directory for writing
+    assert resumed.best_step() == 2

@@ -66,7 +66,7 @@ class Checkpointer:
             self.manager = ocp.CheckpointManager(
                 self.directory, options=ocp.CheckpointManagerOptions(**options), item_handlers=handlers
             )  # opened once to read the checkpoints already there
-            ranked = {step: _ranking(self.restore_meta(step)) for step in self.all_steps()}
+            ranked = {step: self._ranking(step) for step in self.all_steps()}
             earlier = {step: value for step, value in ranked.items() if value is not None}
             self.manager.close()
             policies.append(_KeepBest(earlier))
@@ -85,9 +85,17 @@ class Checkpointer:
         """The kept checkpoint with the best saved metric (`_metric_for_ranking`; the latest on ties), or None when
         none was evaluated. Read from each checkpoint's `meta`: orbax's own `best_step()` answers the latest step
         unless its `best_fn` option is set, and a manager re-opened on an existing directory has no metrics."""
-        ranked = {step: _ranking(self.restore_meta(step)) for step in self.all_steps()}
+        ranked = {step: self._ranking(step) for step in self.all_steps()}
         scored = [(value, step) for step, value in ranked.items() if value is not None]
         return max(scored)[1] if scored else None
+
+    def _ranking(self, step: int) -> float | None:
+        """Checkpoint `step`'s ranking value, None if it was not evaluated or its meta cannot be read (a damaged
+        checkpoint is reported when it is restored, not while the others are ranked)."""
+        try:
+            return _ranking(self.restore_meta(step))
+        except UserError:
+            return None
 
     def save(self, step: int, state, meta: dict, metrics: dict | None = None) -> None:
         """Save `state` (a pytree of arrays) and `meta` (JSON-able) as checkpoint `step`; `metrics` (the one metric
