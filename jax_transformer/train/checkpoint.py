@@ -58,22 +58,20 @@ class Checkpointer:
 
     def __init__(self, directory: str, keep: int = 5, keep_best: bool = True, read_only: bool = False):
         self.directory = os.path.abspath(directory)
-        handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
-        options = dict(enable_async_checkpointing=False,  # a 2-core CPU gains nothing; the state is final on return
-                       create=not read_only, read_only=read_only)  # fmt: skip
         policies = [checkpoint_managers.LatestN(n=keep)]
-        if keep_best and not read_only:
-            self.manager = ocp.CheckpointManager(
-                self.directory, options=ocp.CheckpointManagerOptions(**options), item_handlers=handlers
-            )  # opened once to read the checkpoints already there
-            ranked = {step: self._ranking(step) for step in self.all_steps()}
-            earlier = {step: value for step, value in ranked.items() if value is not None}
-            self.manager.close()
-            policies.append(_KeepBest(earlier))
-        options["preservation_policy"] = checkpoint_managers.AnyPreservationPolicy(policies)
-        self.manager = ocp.CheckpointManager(
-            self.directory, options=ocp.CheckpointManagerOptions(**options), item_handlers=handlers
+        best_policy = _KeepBest(earlier={}) if keep_best and not read_only else None  # read-only deletes nothing
+        if best_policy is not None:
+            policies.append(best_policy)
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
+            enable_async_checkpointing=False,  # a 2-core CPU gains nothing; and the saved state is final on return
+            create=not read_only,
+            read_only=read_only,
         )
+        handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+        if best_policy is not None:  # the checkpoints already there, ranked before the first save applies the policy
+            best_policy.earlier.update(self._ranked())
 
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
@@ -85,17 +83,21 @@ class Checkpointer:
         """The kept checkpoint with the best saved metric (`_metric_for_ranking`; the latest on ties), or None when
         none was evaluated. Read from each checkpoint's `meta`: orbax's own `best_step()` answers the latest step
         unless its `best_fn` option is set, and a manager re-opened on an existing directory has no metrics."""
-        ranked = {step: self._ranking(step) for step in self.all_steps()}
-        scored = [(value, step) for step, value in ranked.items() if value is not None]
+        scored = [(value, step) for step, value in self._ranked().items()]
         return max(scored)[1] if scored else None
 
-    def _ranking(self, step: int) -> float | None:
-        """Checkpoint `step`'s ranking value, None if it was not evaluated or its meta cannot be read (a damaged
-        checkpoint is reported when it is restored, not while the others are ranked)."""
-        try:
-            return _ranking(self.restore_meta(step))
-        except UserError:
-            return None
+    def _ranked(self) -> dict[int, float]:
+        """The ranking value of each kept checkpoint that has one (read from its meta); one whose meta cannot be read
+        is left out (a damaged checkpoint is reported when it is restored, not while the others are ranked)."""
+        ranked = {}
+        for step in self.all_steps():
+            try:
+                value = _ranking(self.restore_meta(step))
+            except UserError:
+                continue
+            if value is not None:
+                ranked[step] = value
+        return ranked
 
     def save(self, step: int, state, meta: dict, metrics: dict | None = None) -> None:
         """Save `state` (a pytree of arrays) and `meta` (JSON-able) as checkpoint `step`; `metrics` (the one metric
