@@ -280,22 +280,16 @@ def training_series(records: list[dict]) -> dict[str, np.ndarray]:
     """The series of a run's metrics.jsonl records (`run_log.read_metrics`), sorted by step.
 
     A resumed run appends to the same file with its clock restarted at 0, and may repeat steps after the checkpoint
-    it resumed from: the wall time is made cumulative over restarts (a restart is a "start" record, which every
-    training process writes first, or, in logs from before those, where `time` goes backwards) and a repeated
-    (kind, step) keeps its latest record. Keys: {train,valid}_{step,minutes,loss}, train_lr, valid_bleu (NaN where a
+    it resumed from: the wall time is made cumulative over restarts (`run_log.timed_records`) and a repeated (kind,
+    step) keeps its latest record. Keys: {train,valid}_{step,minutes,loss}, train_lr, valid_bleu (NaN where a
     validation had no BLEU)."""
-    latest, offset, last_time = {}, 0.0, 0.0
-    for record in records:
-        if record.get("kind") == "start":
-            offset, last_time = offset + last_time, 0.0
-            continue
-        if record.get("kind") not in ("train", "valid") or "step" not in record:
-            continue
-        time = float(record.get("time", 0.0))
-        if time < last_time:  # a new process: its clock started again
-            offset += last_time
-        last_time = time
-        latest[(record["kind"], int(record["step"]))] = {**record, "minutes": (offset + time) / 60.0}
+    from jax_transformer.train.run_log import timed_records
+
+    latest = {}
+    for record, offset in timed_records(records):  # the clock made cumulative over restarts
+        if record.get("kind") in ("train", "valid") and "step" in record:
+            minutes = (offset + float(record["time"])) / 60.0
+            latest[(record["kind"], int(record["step"]))] = {**record, "minutes": minutes}
     series = {}
     for kind, keys in (("train", ("loss", "lr")), ("valid", ("loss", "bleu"))):
         rows = [latest[k] for k in sorted(k for k in latest if k[0] == kind)]

@@ -40,14 +40,23 @@ def read_metrics(run_dir: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def earlier_sessions_seconds(records: list[dict]) -> float:
-    """Wall time of a run's training processes before the latest one (each process writes a "start" record first and
-    counts its `time` from 0): what a resumed run adds to its own clock to report the whole run's time."""
-    sessions, last = [], 0.0
+def timed_records(records: list[dict]):
+    """Each record that has a `time`, with the wall time (seconds) of the training processes before the one that wrote
+    it. A resumed run appends to the same metrics.jsonl with its clock restarted at 0: a new process is a "start"
+    record (which every training process writes first) or, in logs from before those, a `time` that goes backwards."""
+    offset, last = 0.0, 0.0
     for record in records:
-        if record.get("kind") == "start":
-            sessions.append(last)
-            last = 0.0
-        elif "time" in record:
-            last = max(last, float(record["time"]))
-    return sum(sessions)
+        if "time" not in record:
+            continue
+        time = float(record["time"])
+        if record.get("kind") == "start" or time < last:
+            offset += last
+        last = time
+        yield record, offset
+
+
+def earlier_sessions_seconds(records: list[dict]) -> float:
+    """Wall time of a run's training processes before the latest one: what a resumed run adds to its own clock to
+    report the whole run's time."""
+    offsets = [offset for _, offset in timed_records(records)]
+    return offsets[-1] if offsets else 0.0
