@@ -345,14 +345,18 @@ class RunConfigFile:
 
     @classmethod
     def load(cls, path: str):
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except FileNotFoundError:
-            raise ConfigError(f"no config file at {path}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path} is not valid JSON ({e})") from None
-        return cls.from_dict(data)
+        return cls.from_dict(_read_json(path))
+
+
+def _read_json(path: str):
+    """The JSON value in the file at `path`; a missing or unreadable file is one ConfigError line."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"no config file at {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} is not valid JSON ({e})") from None
 
 
 @dataclass
@@ -615,15 +619,10 @@ def load_any_config(path: str, overrides: list[str] = ()) -> Config | ClassifyCo
     """A translation `Config` or a `ClassifyConfig` from a recipe file or a run's config.json, with overrides."""
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path} does not exist (recipes live in configs/, e.g. configs/tiny.py)")
-    if path.endswith(".json"):
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path} is not valid JSON ({e})") from None
-        if isinstance(data, dict) and data.get("task") == TASK:
-            return apply_overrides(ClassifyConfig.from_dict(data), list(overrides))
-        return load_config_file(path, overrides)
+    if path.endswith(".json"):  # a run's config.json, read once: its "task" says which config it is
+        data = _read_json(path)
+        classify = isinstance(data, dict) and data.get("task") == TASK
+        return apply_overrides((ClassifyConfig if classify else Config).from_dict(data), list(overrides))
     config = _recipe_config(path)
     if not isinstance(config, Config | ClassifyConfig):
         raise ConfigError(f"get_config() in {path} returned {type(config).__name__}, not Config or ClassifyConfig")
