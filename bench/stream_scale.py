@@ -95,22 +95,22 @@ def main() -> int:
         from jax_transformer.config import load_config_file
         from jax_transformer.data import pipeline
 
-        overrides = [f"data.path={corpus}", f"data.cache_dir={cache}", "data.spm_max_sentences=500000"]
-        config = load_config_file("configs/multi30k_en_de_demo.py", overrides)
-        started = time.time()
-        split = pipeline.open_split(config.data, "train")
-        prepared = time.time() - started
-        started = time.time()
-        vocab_dir = tempfile.mkdtemp(prefix="stream_scale_vocab_")
-        pipeline.get_tokenizer(config.data, vocab_dir, source=split)
-        shutil.rmtree(vocab_dir)
+        def prepare(overrides: list[str]) -> tuple[float, float]:
+            """The split's array_record files and vocabulary, into the cache; seconds for each."""
+            config = load_config_file("configs/multi30k_en_de_demo.py", overrides)
+            started = time.time()
+            split = pipeline.open_split(config.data, "train")
+            prepared, started = time.time() - started, time.time()
+            vocab_dir = tempfile.mkdtemp(prefix="stream_scale_vocab_")
+            pipeline.get_tokenizer(config.data, vocab_dir, source=split)
+            shutil.rmtree(vocab_dir)
+            return prepared, time.time() - started
+
+        big_corpus = [f"data.path={corpus}", f"data.cache_dir={cache}", "data.spm_max_sentences=500000"]
+        prepared, vocabulary = prepare(big_corpus)
         print(f"- preparation (once; cached by content): array_record {prepared:.0f} s, vocabulary (500,000 sampled "
-              f"sentences) {time.time() - started:.0f} s")  # fmt: skip
-        # Multi30k's too, untimed like the big corpus's: every run's start-up then opens a prepared split
-        small = load_config_file("configs/multi30k_en_de_demo.py", [f"data.path={MULTI30K}", f"data.cache_dir={cache}"])
-        vocab_dir = tempfile.mkdtemp(prefix="stream_scale_vocab_")
-        pipeline.get_tokenizer(small.data, vocab_dir, source=pipeline.open_split(small.data, "train"))
-        shutil.rmtree(vocab_dir)
+              f"sentences) {vocabulary:.0f} s")  # fmt: skip
+        prepare([f"data.path={MULTI30K}", f"data.cache_dir={cache}"])  # Multi30k's too: each run opens a prepared split
         runs = {}
         big = ["--config.data.spm_max_sentences=500000"]  # the vocabulary prepared above
         buckets = ["--config.data.pack_length=0", "--config.data.length_bucket_step=3"]

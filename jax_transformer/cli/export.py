@@ -45,15 +45,13 @@ def export(model_path: str, to: str, out_dir: str, step: str = "latest", quantiz
     if to == "ct2":
         check_quantization(quantization)  # before loading any weights
 
-    if to == "hf":
-        from jax_transformer.interop.hf_export import require_transformers
+    if to == "hf":  # refuse before loading weights
+        from jax_transformer.config import Config
+        from jax_transformer.interop.hf_export import check_exportable, require_transformers
 
         require_transformers()
-    if to == "hf" and os.path.isfile(os.path.join(model_path, "config.json")):
-        from jax_transformer.config import Config
-        from jax_transformer.interop.hf_export import check_exportable
-
-        check_exportable(Config.load(os.path.join(model_path, "config.json")).model)  # refuse before loading weights
+        if os.path.isfile(os.path.join(model_path, "config.json")):
+            check_exportable(Config.load(os.path.join(model_path, "config.json")).model)
     translator = load_translator(model_path, step)
     if to == "ct2":
         from flax import nnx
