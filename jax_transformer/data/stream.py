@@ -7,7 +7,8 @@ the records at them in batches, so start-up costs nothing per example and memory
 the window (buckets), not the corpus.
 
     range(len)[i::count]     this process's share of the indices (`process_index` of `process_count` data shards)
-    .shuffle(seed).repeat()  epoch e is a fresh permutation of the share (grain's index shuffle, seed + e), endlessly
+    .shuffle(seed).repeat()  epoch e is a fresh permutation of the share (grain's index shuffle, seed + e, from a seed
+                             per run seed and process: `shuffle_seed`), endlessly
 
 Packed rows (`PackedStream`, `data.pack_length`):
 
@@ -117,6 +118,8 @@ class _Stream:
         self._dataset = grain.experimental.ThreadPrefetchIterDataset(dataset, prefetch_buffer_size=prefetch)
         self._iterator = None
         self.share = share  # examples read per epoch (this process's share, or the whole split)
+        # grain's version too: its shuffle, packer or iterator state may change between releases
+        settings = [*settings, grain.__version__]
         self.fingerprint = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:16]
         self.examples_read = 0
         self._real = self._slots = 0  # real tokens and slots (source + target) of the batches so far
@@ -163,30 +166,39 @@ class _Stream:
         if state.get("fingerprint") != self.fingerprint or "grain" not in state:
             message = (
                 "the training data or batching settings (max_tokens, pack_length or length_bucket_step, seed, "
-                "processes, ...) differ from the run being resumed, so its batch sequence cannot be continued exactly"
+                "processes, grain's version, ...) differ from the run being resumed, so its batch sequence cannot be "
+                "continued exactly"
             )
             if strict:
-                raise UserError(f"{message}; fix: resume with the original data, config and processes, or start a "
-                                "new run")  # fmt: skip
+                raise UserError(f"{message}; fix: resume with the original data, config, processes and grain version "
+                                "(or the version of this project the run began with), or start a new run")  # fmt: skip
             return
         self._stream().set_state(state["grain"])
         self.examples_read = int(state["examples"])
 
 
+def shuffle_seed(seed: int, process_index: int = 0) -> int:
+    """The seed of grain's index shuffle for a run's `seed` on process `process_index`.
+
+    grain shuffles epoch e with seed + e, so seeds s and s + 1 would read the same permutations one epoch apart (seed 1's
+    epoch e is seed 0's epoch e + 1), and shares of one length under one seed would walk in lockstep (process p reading
+    line k*pi(j) + p at position j, so neighbouring lines always share a global batch). Every (seed, process) other than
+    (0, 0) therefore shuffles from its own 32-bit seed drawn from both; seed 0 on process 0 keeps grain's seed 0, the
+    order of every one-process seed-0 run."""
+    if seed == 0 and process_index == 0:
+        return 0
+    return int(np.random.SeedSequence([seed % 2**32, process_index]).generate_state(1)[0])
+
+
 def _share(source: Sequence, seed: int, shuffle: bool, process_index: int, process_count: int) -> grain.MapDataset:
     """The indices of this process's share of `source`, shuffled by grain's index shuffle (repeated, every epoch in a
-    fresh order). The streams read the records at these indices in batches (`_read`)."""
+    fresh order; the seed from `shuffle_seed`). The streams read the records at these indices in batches (`_read`)."""
     if len(source) == 0:
         raise UserError("no training examples to stream; fix: check the data")
     if len(source) < process_count:
         raise UserError(f"{len(source)} training examples cannot be shared by {process_count} processes")
     dataset = grain.MapDataset.range(len(source))[process_index::process_count]
-    # grain's permutation depends on (share length, seed): shares of one length under one seed would walk in lockstep
-    # (process p reading line k*pi(j) + p at position j, so neighbouring lines always share a global batch). Process 0
-    # keeps the run's seed (a one-process run's order); the others derive their own.
-    if process_index:
-        seed = int(np.random.SeedSequence([seed % 2**32, process_index]).generate_state(1)[0])
-    return dataset.shuffle(seed=seed % 2**32) if shuffle else dataset
+    return dataset.shuffle(seed=shuffle_seed(seed, process_index)) if shuffle else dataset
 
 
 def _read(source: Sequence, indices: Sequence[int]) -> list:
@@ -247,8 +259,8 @@ class PackedStream(_Stream):
         examples = grain.experimental.FlatMapIterDataset(dataset.to_iter_dataset(options), _Unchunk())
         stream = _pack(examples, pack_length)
         stream = stream.batch(self.rows_per_batch, drop_remainder=True).map(_packed)
-        settings = [_identity(source, identity), max_tokens, pack_length, seed, shuffle, process_index, process_count,
-                    batch_multiple, PACKING_BINS]  # fmt: skip
+        settings = [_identity(source, identity), max_tokens, pack_length, shuffle_seed(seed, process_index), shuffle,
+                    process_index, process_count, batch_multiple, PACKING_BINS, READ_CHUNK]  # fmt: skip
         self._start(stream, share, settings, prefetch)
 
     @property
@@ -284,7 +296,7 @@ class WindowStream(_Stream):
         windows = dataset.repeat().batch(self.window, batch_fn=list).map_with_index(plan)
         options = grain.ReadOptions(num_threads=1, prefetch_buffer_size=1)  # the next window is made while training
         stream = grain.experimental.FlatMapIterDataset(windows.to_iter_dataset(options), _WindowBatches())
-        self._start(stream, len(source), [*settings, seed, shuffle, self.window], prefetch)
+        self._start(stream, len(source), [*settings, seed, shuffle_seed(seed), shuffle, self.window], prefetch)
         self._source = source
 
     def _plan_window(self, records: list, rng: np.random.Generator | None) -> list[dict[str, np.ndarray]]:
