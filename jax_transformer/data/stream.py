@@ -180,11 +180,11 @@ class _Stream:
 def shuffle_seed(seed: int, process_index: int = 0) -> int:
     """The seed of grain's index shuffle for a run's `seed` on process `process_index`.
 
-    grain shuffles epoch e with seed + e, so seeds s and s + 1 would read the same permutations one epoch apart (seed 1's
-    epoch e is seed 0's epoch e + 1), and shares of one length under one seed would walk in lockstep (process p reading
-    line k*pi(j) + p at position j, so neighbouring lines always share a global batch). Every (seed, process) other than
-    (0, 0) therefore shuffles from its own 32-bit seed drawn from both; seed 0 on process 0 keeps grain's seed 0, the
-    order of every one-process seed-0 run."""
+    grain shuffles epoch e with seed + e, so seeds s and s + 1 would read the same permutations one epoch apart
+    (seed 1's epoch e is seed 0's epoch e + 1), and shares of one length under one seed would walk in lockstep
+    (process p reading line k*pi(j) + p at position j, so neighbouring lines always share a global batch). Every
+    (seed, process) other than (0, 0) therefore shuffles from its own 32-bit seed drawn from both; seed 0 on process
+    0 keeps grain's seed 0, the order of every one-process seed-0 run."""
     if seed == 0 and process_index == 0:
         return 0
     return int(np.random.SeedSequence([seed % 2**32, process_index]).generate_state(1)[0])
