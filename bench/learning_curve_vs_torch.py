@@ -29,7 +29,7 @@ from peers import build_nn_transformer
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default=os.path.join(common.REPO_ROOT, "configs", "multi30k_en_de.py"))
+    parser.add_argument("--config", default=os.path.join(common.REPO_ROOT, "configs", "multi30k_en_de_8k.py"))
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--dropout", type=float, default=0.0,
                         help="model.dropout of both models (the recipe's is ignored)")  # fmt: skip

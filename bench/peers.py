@@ -217,7 +217,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "Hugging Face Marian / Pegasus on the same batch, architecture and weights.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--config", default="configs/multi30k_en_de.py", help="recipe (.py) or a run's config.json")
+    parser.add_argument("--config", default="configs/multi30k_en_de_8k.py", help="recipe (.py) or a run's config.json")
     parser.add_argument("--vocab", type=int, default=0, help="vocabulary (0: the config's data.vocab_size)")
     parser.add_argument("--sizes", nargs="+", default=["tiny", "small", "base"], choices=list(PRESETS))
     parser.add_argument("--norms", nargs="+", default=["post", "pre"], choices=["post", "pre"],

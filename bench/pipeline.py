@@ -58,7 +58,7 @@ def loop_windows(run_dir: str, log_every: int, skip_steps: int) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default="configs/multi30k_en_de.py", help="recipe (.py) or a run's config.json")
+    parser.add_argument("--config", default="configs/multi30k_en_de_8k.py", help="recipe (.py) or a run's config.json")
     parser.add_argument("--steps", type=int, default=300, help="training updates in the temporary run")
     parser.add_argument("--skip-steps", type=int, default=150, help="updates left out of the figures (compiling)")
     parser.add_argument("--log-every", type=int, default=25)

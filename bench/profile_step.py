@@ -93,7 +93,7 @@ def profile(config, batch, steps: int) -> tuple[dict[str, float], float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default="configs/multi30k_en_de.py", help="recipe (.py) or a run's config.json")
+    parser.add_argument("--config", default="configs/multi30k_en_de_8k.py", help="recipe (.py) or a run's config.json")
     parser.add_argument("--sizes", nargs="+", default=["base"], choices=list(PRESETS))
     parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
     parser.add_argument("--rows", type=int, default=128)

@@ -61,7 +61,7 @@ def part(title: str, argv: list[str], log: list[str], compared: str) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="runs/multi30k_en_de", help="trained run or model directory to decode with")
-    parser.add_argument("--config", default="configs/multi30k_en_de.py", help="recipe for the training parts")
+    parser.add_argument("--config", default="configs/multi30k_en_de_8k.py", help="recipe for the training parts")
     parser.add_argument("--quick", action="store_true", help="a smoke run: fewer steps and sentences")
     parser.add_argument("--skip", nargs="*", default=[], choices=["peers", "decode", "pipeline", "profile"])
     parser.add_argument("--out", default="", help="also write the report (markdown) here")

@@ -190,7 +190,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "config, batch and weights (one process, one framework after the other).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--config", default="configs/multi30k_en_de.py", help="recipe (.py) or a run's config.json")
+    parser.add_argument("--config", default="configs/multi30k_en_de_8k.py", help="recipe (.py) or a run's config.json")
     parser.add_argument(
         "--vocab", type=int, default=0,
         help="vocabulary size (0: the config's data.vocab_size, which the trainer's tokenizer gives the model)",
