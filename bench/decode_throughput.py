@@ -21,6 +21,10 @@ The finishing rules differ between libraries, so each library is paired with our
 Hugging Face and CTranslate2 finalize only EOS candidates ranked in the top K of the 2K expanded (our
 `finish_from_top_k`); CTranslate2 also renormalizes each step's probabilities after banning PAD/BOS
 (`renormalize_bans`). Those pairs must give identical outputs: the script exits with status 1 if they do not.
+Stopping differs too: our search ends a sentence once no live beam can beat its best finished hypothesis, generate()
+(early_stopping="never") once K have finished and none can beat the K-th best: the same output in more steps. The
+row "Hugging Face's rules and stopping" runs ours with generate()'s stopping rule (`wait_for_k_finished`): the same
+steps as generate(), so its ratio is the like-for-like one.
 int8 is compared with CTranslate2 fp32 (its BLEU change is the figure of interest). "Uncached" reruns the whole
 decoder over the prefix each step (what decoding costs without a cache).
 """
@@ -138,6 +142,8 @@ def main() -> int:
     ct2_rule = dict(finish_from_top_k=True, renormalize_bans=True)
     if args.worker == "jax":
         runners["JAX, KV cache, Hugging Face's rules"] = jax_runner(model, **hf_rule)
+        if "hf" not in args.skip:  # generate()'s steps: wait for K finished, stop when none can beat the K-th
+            runners[HF_STEPS] = jax_runner(model, **hf_rule, wait_for_k_finished=True)
         if "ct2" not in args.skip:
             runners["JAX, KV cache, CTranslate2's rules"] = jax_runner(model, **ct2_rule)
         if "jax-default" not in args.skip:
@@ -227,8 +233,9 @@ def main() -> int:
 
 
 GROUPS = ("jax", "hf", "ct2-float32", "ct2-int8")
+HF_STEPS = "JAX, KV cache, Hugging Face's rules and stopping"
 # which outputs must be identical: each library against our search under that library's rules
-RULES = {"Hugging Face generate()": "JAX, KV cache, Hugging Face's rules",
+RULES = {"Hugging Face generate()": "JAX, KV cache, Hugging Face's rules", HF_STEPS: "Hugging Face generate()",
          "CTranslate2 float32": "JAX, KV cache, CTranslate2's rules", "CTranslate2 int8": "CTranslate2 float32",
          "CTranslate2 float32, one call per batch": "CTranslate2 float32"}  # these two: approximations, counted
 

@@ -240,16 +240,22 @@ def test_searches_match_token_for_token(exported, beam_size, alpha):
         assert np.mean(copied) >= 0.9
 
 
-def test_hf_finishing_rule_matches_token_for_token(exported):
-    """beam_search(finish_from_top_k=True) in torch_ref equals the JAX one (decode.py mirrors it line for line)."""
+@pytest.mark.parametrize("wait_for_k_finished", [False, True])
+def test_hf_finishing_rule_matches_token_for_token(exported, wait_for_k_finished):
+    """beam_search(finish_from_top_k=True) in torch_ref equals the JAX one (decode.py mirrors it line for line), with
+    either stopping rule; waiting for K finished hypotheses returns the same best ones."""
     src = exported.src
     width = min(src.shape[1] + MAX_EXTRA_LEN, exported.translator.config.model.max_len)
     limits = jax_decode.output_limits(jnp.asarray(src), PAD, MAX_EXTRA_LEN, width)
     jm = nnx.merge(exported.translator.graphdef, exported.translator.params, exported.translator.rest)
-    jax_tokens = jax_decode.beam_search(jm, jnp.asarray(src), 4, width, BOS, EOS, 0.0, limits, finish_from_top_k=True)
+    rule = dict(finish_from_top_k=True, wait_for_k_finished=wait_for_k_finished)
+    jax_tokens = jax_decode.beam_search(jm, jnp.asarray(src), 4, width, BOS, EOS, 0.0, limits, **rule)
     torch_tokens = torch_decode.beam_search(exported.model, src, 4, width, BOS, EOS, 0.0, np.asarray(limits).tolist(),
-                                            finish_from_top_k=True)  # fmt: skip
+                                            **rule)  # fmt: skip
     np.testing.assert_array_equal(np.asarray(jax_tokens[0]), torch_tokens[0].numpy())
+    np.testing.assert_allclose(np.asarray(jax_tokens[1]), torch_tokens[1].numpy(), rtol=1e-5, atol=1e-5)
+    default = jax_decode.beam_search(jm, jnp.asarray(src), 4, width, BOS, EOS, 0.0, limits, finish_from_top_k=True)
+    np.testing.assert_array_equal(np.asarray(jax_tokens[0]), np.asarray(default[0]))
 
 
 @pytest.mark.parametrize("beam_size, alpha", [(1, 0.0), (4, 0.6)])

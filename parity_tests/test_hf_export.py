@@ -317,6 +317,10 @@ def test_beam_with_the_hf_finishing_rule_equals_generate(which, copy_export, ran
     tokens, _ = beam_search(model, src, 4, max_len, BOS, EOS, 0.0, limits, finish_from_top_k=True)
     theirs = hf_generate(hf_model, translator, num_beams=4, length_penalty=0.0, early_stopping="never")
     assert ours_as_lists(np.asarray(tokens)) == theirs
+    # generate()'s stopping rule too (wait for 4 finished, stop when none alive can beat the 4th): the same output
+    waited, _ = beam_search(model, src, 4, max_len, BOS, EOS, 0.0, limits, finish_from_top_k=True,
+                            wait_for_k_finished=True)  # fmt: skip
+    assert ours_as_lists(np.asarray(waited)) == theirs
 
 
 def test_hf_length_penalty_is_log_p_over_length_to_the_power(copy_export):

@@ -80,6 +80,38 @@ def test_beam_search_decodes_the_copy_task(copy_model, beam_size, alpha):
     assert np.all(np.asarray(scores) <= 0)
 
 
+class _CountingSteps:
+    """A model whose decode_step calls are counted as they run (inside the search's compiled loop)."""
+
+    def __init__(self, model):
+        self.model, self.steps = model, 0
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def _tick(self):
+        self.steps += 1
+
+    def decode_step(self, *args):
+        jax.debug.callback(self._tick)
+        return self.model.decode_step(*args)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_waiting_for_k_finished_returns_the_same_hypotheses_in_more_steps(copy_model, alpha):
+    """generate()'s stopping rule (wait for K finished, stop when no live beam can beat the K-th best) changes only
+    how long the search runs: once no live beam can beat the best finished hypothesis, none ever will."""
+    model, batch = copy_model
+    runs = {}
+    for wait in (False, True):
+        counting = _CountingSteps(model)
+        tokens, scores = beam_search(counting, batch["src"], 4, 16, BOS, EOS, alpha, wait_for_k_finished=wait)
+        runs[wait] = (np.asarray(tokens), np.asarray(scores), counting.steps)
+    np.testing.assert_array_equal(runs[True][0], runs[False][0])
+    np.testing.assert_array_equal(runs[True][1], runs[False][1])
+    assert 0 < runs[False][2] < runs[True][2], (runs[False][2], runs[True][2])
+
+
 def _log_prob(model, src, tokens, limit):
     """log P(tokens | src) under teacher forcing, up to and including the first EOS. An EOS in the last allowed
     position is the search's forced stop and costs nothing (as when Hugging Face generate() hits max_length)."""

@@ -112,7 +112,7 @@ def length_penalty(length, alpha: float):
 @torch.no_grad()
 def beam_search(
     model, src_ids, beam_size: int, max_len: int, bos_id: int, eos_id: int, alpha: float, limits=None,
-    min_len: int = 0, no_repeat_ngram_size: int = 0, finish_from_top_k: bool = False,
+    min_len: int = 0, no_repeat_ngram_size: int = 0, finish_from_top_k: bool = False, wait_for_k_finished: bool = False,
 ):  # fmt: skip
     """Batched beam search over the KV cache. Returns (tokens (batch, max_len), scores (batch,)) of the best
     hypothesis per sentence, scored log P(y | x) / length_penalty(|y|) with |y| counting EOS.
@@ -121,8 +121,9 @@ def beam_search(
     finished set (the K best finished so far are kept) and continues with the K best that did not end. With
     `finish_from_top_k` only the candidates ranked in the top K of the 2K may finish (the others are dropped), the rule
     of Hugging Face generate() and fairseq; by default every one may (tensor2tensor and the Flax WMT example), which
-    keeps more short, probable hypotheses. A sentence is done when no live beam can still beat its worst finished
-    hypothesis; the loop ends when every sentence is done or at max_len. (The same algorithm as
+    keeps more short, probable hypotheses. A sentence is done when no live beam can still beat its best finished
+    hypothesis (with `wait_for_k_finished`: its K-th best, Hugging Face's rule; the same best hypothesis in more
+    steps); the loop ends when every sentence is done or at max_len. (The same algorithm as
     `jax_transformer.decode.search.beam_search`.)
     """
     src_ids = torch.as_tensor(src_ids, dtype=torch.long)
@@ -147,7 +148,9 @@ def beam_search(
 
     def sentence_done(alive_logp, finished_scores):
         best_alive_possible = alive_logp[:, 0] / max_penalty
-        return best_alive_possible < finished_scores[:, -1]  # (batch,)
+        # finished_scores is sorted, best first; the K-th best is NEG_INF until K hypotheses have finished
+        bar = finished_scores[:, -1] if wait_for_k_finished else finished_scores[:, 0]
+        return best_alive_possible < bar  # (batch,)
 
     index = 0
     while index < max_len and not bool(sentence_done(alive_logp, finished_scores).all()):

@@ -146,7 +146,7 @@ def length_penalty(length, alpha: float):
 def beam_search(
     model, src_ids, beam_size: int, max_len: int, bos_id: int, eos_id: int, alpha: float, limits=None,
     min_len: int = 0, no_repeat_ngram_size: int = 0, cache_block: int | None = CACHE_BLOCK,
-    finish_from_top_k: bool = False, renormalize_bans: bool = False,
+    finish_from_top_k: bool = False, renormalize_bans: bool = False, wait_for_k_finished: bool = False,
 ):  # fmt: skip
     """Batched beam search over the KV cache. Returns (tokens (batch, max_len), scores (batch,)) of the best
     hypothesis per sentence, scored log P(y | x) / length_penalty(|y|) with |y| counting EOS.
@@ -157,8 +157,10 @@ def beam_search(
     of Hugging Face generate() and fairseq; by default every one may (tensor2tensor and the Flax WMT example), which
     keeps more short, probable hypotheses. A sentence is done when no live beam can still beat its best finished
     hypothesis (log P only falls and the penalty is largest at the limit), so the returned hypothesis is final; the
-    loop ends when every sentence is done or at max_len. (Hugging Face waits for K finished hypotheses first, and
-    CTranslate2 with a length penalty too: the same best hypothesis, found in more steps.)
+    loop ends when every sentence is done or at max_len. Hugging Face generate() (early_stopping="never"), and
+    CTranslate2 with a length penalty, wait for K finished hypotheses and stop when no live beam can beat the K-th
+    best: `wait_for_k_finished` does the same, which returns the same best hypothesis in more steps (for timing
+    searches that do the same work).
 
     Banned tokens (PAD, BOS, and the options' bans) are removed after the log-softmax, as fairseq and Hugging Face
     do: a hypothesis keeps the log-probability the model gives it. With `renormalize_bans` they are removed before
@@ -186,7 +188,9 @@ def beam_search(
 
     def sentence_done(alive_logp, finished_scores):
         best_alive_possible = alive_logp[:, 0] / max_penalty
-        return best_alive_possible < finished_scores[:, 0]  # (batch,)
+        # finished_scores is sorted, best first; the K-th best is NEG_INF until K hypotheses have finished
+        bar = finished_scores[:, -1] if wait_for_k_finished else finished_scores[:, 0]
+        return best_alive_possible < bar  # (batch,)
 
     def cond(carry):
         _, _, _, alive_logp, _, finished_scores, _ = carry
