@@ -465,7 +465,7 @@ def test_rdrop_adds_alpha_times_a_positive_symmetric_kl(tiny_bert):
 def test_a_soup_is_the_mean_of_the_runs_weights_and_reads_like_a_run(trained_run, tiny_bert, sst2_small, tmp_path,
                                                                      capsys):  # fmt: skip
     from jax_transformer.cli import soup
-    from jax_transformer.tasks.classification import Classifier, best_checkpoint_step, train_classifier
+    from jax_transformer.tasks.classification import Classifier, train_classifier
     from jax_transformer.train.checkpoint import Checkpointer
 
     other = str(tmp_path / "seed1")
@@ -481,7 +481,7 @@ def test_a_soup_is_the_mean_of_the_runs_weights_and_reads_like_a_run(trained_run
 
     def best_params(run):
         checkpoints = Checkpointer(os.path.join(run, "checkpoints"), keep=1, read_only=True)
-        return checkpoints.restore_arrays(best_checkpoint_step(checkpoints))["params"]
+        return checkpoints.restore_arrays(checkpoints.select("best", best_or_latest=True))["params"]
 
     a, b = (best_params(run) for run in runs)
     souped = Classifier.load(out)

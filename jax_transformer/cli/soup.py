@@ -48,8 +48,7 @@ def check_compatible(run_dirs: list[str]) -> None:
 def make_soup(run_dirs: list[str], out_dir: str, checkpoint: str = "best") -> dict:
     """Average the runs' `checkpoint` ('best' or 'last') weights into the run directory `out_dir`; returns what went
     in (`sources`: run, step, its dev accuracy when it was evaluated)."""
-    from jax_transformer.config import UserError
-    from jax_transformer.tasks.classification import best_checkpoint_step, checkpoint_weights
+    from jax_transformer.tasks.classification import checkpoint_weights
     from jax_transformer.train.checkpoint import Checkpointer, mean_params
 
     check_compatible(run_dirs)
@@ -57,9 +56,7 @@ def make_soup(run_dirs: list[str], out_dir: str, checkpoint: str = "best") -> di
     sources, trees = [], []
     for run in run_dirs:
         checkpoints = Checkpointer(os.path.join(run, "checkpoints"), keep=1, read_only=True)
-        step = best_checkpoint_step(checkpoints) if checkpoint == "best" else checkpoints.latest_step()
-        if step is None:
-            raise UserError(f"{run} has no checkpoint yet")
+        step = checkpoints.select("best" if checkpoint == "best" else "latest", best_or_latest=True)
         metrics = checkpoints.restore_meta(step).get("metrics") or {}
         trees.append(checkpoint_weights(checkpoints.restore_arrays(step)))
         checkpoints.close()

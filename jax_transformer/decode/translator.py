@@ -110,23 +110,6 @@ def prepare_sources(tokenizer: Tokenizer, sentences: list[str], config: Config) 
     return sources
 
 
-def _read_step(run_dir: str, step: str) -> tuple[Checkpointer, int]:
-    checkpoints = Checkpointer(os.path.join(run_dir, "checkpoints"), read_only=True)
-    steps = checkpoints.all_steps()
-    if not steps:
-        raise UserError(f"{run_dir} has no checkpoints yet; fix: train first (python train.py --config ...)")
-    if step == "latest":
-        return checkpoints, max(steps)
-    if step == "best":
-        best = checkpoints.best_step()
-        if best is None:
-            raise UserError(f"{run_dir} has no evaluated checkpoint to call best; fix: use --step latest or a number")
-        return checkpoints, best
-    if not step.isdigit() or int(step) not in steps:
-        raise UserError(f"{run_dir} has no checkpoint {step!r}; it has: {', '.join(map(str, steps))}, latest, best")
-    return checkpoints, int(step)
-
-
 def load_translator(path: str, step: str = "latest") -> Translator:
     """A Translator from a run directory, an averaged checkpoint, or an exported (safetensors) directory; for a
     CTranslate2 directory (`export --to ct2`), a `CT2Translator` with the same `translate`."""
@@ -145,8 +128,8 @@ def load_translator(path: str, step: str = "latest") -> Translator:
 
         load_safetensors(model, os.path.join(path, "model.safetensors"))
     else:
-        checkpoints, number = _read_step(path, step)
-        params = restore_params(checkpoints, number, nnx.state(model, nnx.Param))
+        checkpoints = Checkpointer(os.path.join(path, "checkpoints"), read_only=True)
+        params = restore_params(checkpoints, checkpoints.select(step), nnx.state(model, nnx.Param))
         nnx.update(model, params)
     unfilled = [
         name for name, p in nnx.state(model, nnx.Param).flat_state() if isinstance(p.get_value(), jax.ShapeDtypeStruct)

@@ -146,12 +146,6 @@ def _write_json(path: str, data) -> None:
         f.write("\n")
 
 
-def best_checkpoint_step(checkpoints: Checkpointer) -> int | None:
-    """The kept checkpoint with the highest dev accuracy (the latest if none was evaluated)."""
-    best = checkpoints.best_step()
-    return best if best is not None else checkpoints.latest_step()
-
-
 def checkpoint_weights(arrays: dict):
     """The weights a classification checkpoint keeps for use: the moving average when the run kept one."""
     return arrays.get("ema", arrays["params"])
@@ -258,7 +252,7 @@ class ClassificationTask:
         config, run_dir = self.config, self.config.directory
         # this process's time, and that of the sessions before it when the run was resumed (from metrics.jsonl)
         train_seconds = earlier_sessions_seconds(read_metrics(run_dir)) + time.time() - self.started
-        best_step = best_checkpoint_step(checkpoints)
+        best_step = checkpoints.select("best", best_or_latest=True)  # the highest dev accuracy
         classifier = Classifier.load(run_dir, step=best_step)
         report = classifier.evaluate(self.valid_set)
         report.update(step=best_step, steps=self.total_steps, wall_seconds=round(train_seconds, 1),
@@ -305,12 +299,7 @@ class Classifier:
         tokenizer = load_tokenizer(os.path.join(run_dir, "tokenizer"))
         model = build_model(model_config, len(labels["labels"]), config)
         checkpoints = Checkpointer(os.path.join(run_dir, "checkpoints"), keep=1, read_only=True)
-        kept = checkpoints.all_steps()
-        if step is not None and step not in kept:
-            raise UserError(f"{run_dir} has no checkpoint {step}; it keeps: {', '.join(map(str, kept)) or 'none'}")
-        step = step if step is not None else best_checkpoint_step(checkpoints)
-        if step is None:
-            raise UserError(f"{run_dir} has no checkpoint yet")
+        step = checkpoints.select("best" if step is None else step, best_or_latest=True)
         params = nnx.state(model, nnx.Param)
         try:
             nnx.replace_by_pure_dict(params, checkpoint_weights(checkpoints.restore_arrays(step)))

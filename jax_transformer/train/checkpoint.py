@@ -86,6 +86,24 @@ class Checkpointer:
         scored = [(value, step) for step, value in self._ranked().items()]
         return max(scored)[1] if scored else None
 
+    def select(self, step: str | int = "latest", best_or_latest: bool = False) -> int:
+        """The kept checkpoint that `step` names: "latest", "best" (the best evaluated one; with `best_or_latest`, the
+        latest when none was evaluated) or a kept step number. Anything else is a UserError naming the kept ones."""
+        run = os.path.dirname(self.directory)
+        steps = self.all_steps()
+        if not steps:
+            raise UserError(f"{run} has no checkpoints yet; fix: train first (python train.py --config ...)")
+        if step == "latest":
+            return max(steps)
+        if step == "best":
+            best = self.best_step()
+            if best is None and not best_or_latest:
+                raise UserError(f"{run} has no evaluated checkpoint to call best; fix: use --step latest or a number")
+            return max(steps) if best is None else best
+        if str(step).isdigit() and int(step) in steps:
+            return int(step)
+        raise UserError(f"{run} has no checkpoint {step}; it keeps: {', '.join(map(str, steps))}, latest, best")
+
     def _ranked(self) -> dict[int, float]:
         """The ranking value of each kept checkpoint that has one (read from its meta); one whose meta cannot be read
         is left out (a damaged checkpoint is reported when it is restored, not while the others are ranked)."""
