@@ -41,9 +41,10 @@ from jax_transformer.cli import export as export_cli
 from jax_transformer.cli import translate as translate_cli
 from jax_transformer.decode.search import beam_search, greedy_search, output_limits
 from jax_transformer.decode.translator import load_translator
-from jax_transformer.interop.ct2 import CONFIG_NAME, CT2Translator, save_ct2
+from jax_transformer.interop.ct2 import CONFIG_NAME, CT2Translator, choose_gemm_backend, save_ct2
 from jax_transformer.model.transformer import Transformer
 
+choose_gemm_backend()  # what the package does before it first imports CTranslate2 (here imported just below)
 pytest.importorskip("ctranslate2")  # an optional extra; `make test` installs it (.[dev] includes .[ct2])
 
 LOGPROB_ATOL = 1e-4

@@ -148,7 +148,9 @@ def test_extra_padding_changes_nothing():
     longer_tgt = np.pad(tgt, ((0, 0), (0, 2)), constant_values=PAD)
     reference, padded = forward(model, src, tgt), forward(model, longer_src, longer_tgt)
     real = tgt != PAD
-    np.testing.assert_allclose(padded[:, :6][real], reference[real], atol=1e-6, rtol=0)
+    # 1e-5, the fp32 parity tolerance: longer rows change the matrix products' blocking, hence their rounding (up to
+    # 1.4e-6 on an AMD EPYC with AVX2 only); a leak through the mask moves logits by far more (next test: > 1e-3)
+    np.testing.assert_allclose(padded[:, :6][real], reference[real], atol=1e-5, rtol=0)
 
 
 def test_real_source_token_changes_only_its_own_row():
