@@ -41,10 +41,12 @@ from jax_transformer.cli import export as export_cli
 from jax_transformer.cli import translate as translate_cli
 from jax_transformer.decode.search import beam_search, greedy_search, output_limits
 from jax_transformer.decode.translator import load_translator
-from jax_transformer.interop.ct2 import CONFIG_NAME, CT2Translator, choose_gemm_backend, save_ct2
+from jax_transformer.interop.ct2 import CONFIG_NAME, CT2Translator, _stored_quantization, choose_gemm_backend, save_ct2
 from jax_transformer.model.transformer import Transformer
 
-choose_gemm_backend()  # what the package does before it first imports CTranslate2 (here imported just below)
+# what the package does before it loads an int8 model into a process without CTranslate2 (here imported just below;
+# this module loads both weight types into one process)
+choose_gemm_backend("int8")
 pytest.importorskip("ctranslate2")  # an optional extra; `make test` installs it (.[dev] includes .[ct2])
 
 LOGPROB_ATOL = 1e-4
@@ -198,6 +200,7 @@ def test_int8_stays_close_to_float32(copy_dirs):
     """int8 weights (CTranslate2's per-row scales): on this 32-wide model teacher-forced log-probs move by up to ~0.4
     (measured) and the copy task stays solved within 10% of float32's sentences. (On the demo model the BLEU change
     is measured by bench/decode_throughput.py.)"""
+    assert [_stored_quantization(copy_dirs[q]) for q in ("float32", "int8")] == ["float32", "int8"]
     fp32, int8 = CT2Translator(copy_dirs["float32"]), CT2Translator(copy_dirs["int8"])
     sentences = toy_sentences(64, seed=12)
     pieces = [fp32.pieces(ids) for ids in fp32.tokenizer.encode(sentences)]

@@ -35,6 +35,7 @@ against the JAX searches, token for token):
     when the best candidate ends) returns the hypothesis of our `beam_search(..., finish_from_top_k=True)`.
 """
 
+import json
 import os
 import sys
 
@@ -45,6 +46,7 @@ from jax_transformer.interop.torch_convert import to_state_dict
 from jax_transformer.machine import available_cores
 
 CONFIG_NAME = "jax_transformer_config.json"  # our config, beside CTranslate2's own config.json
+EXPORT_NAME = "jax_transformer_export.json"  # how the weights were stored ({"quantization": ...})
 QUANTIZATIONS = ("float32", "int8", "int16", "int8_float32", "float16", "bfloat16", "int8_float16", "int8_bfloat16")
 
 
@@ -57,14 +59,19 @@ def is_ct2_dir(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "model.bin")) and os.path.isfile(os.path.join(path, CONFIG_NAME))
 
 
-def choose_gemm_backend() -> None:
-    """Have CTranslate2 run its products through Intel MKL on x86 CPUs without VNNI, unless CT2_USE_MKL says otherwise.
+def choose_gemm_backend(quantization: str | None) -> None:
+    """For int8 weights (or unknown ones) on an x86 CPU without VNNI, have CTranslate2 run its products through Intel
+    MKL, unless CT2_USE_MKL says otherwise.
 
     CTranslate2 uses MKL on Intel CPUs and oneDNN on the others. oneDNN's int8 (u8s8) products lose accuracy on a CPU
     with AVX2 but no VNNI (AMD EPYC before Zen 4): on parity_tests/test_ct2.py's copy model, int8 log-probs moved by up
-    to 6.6 from float32's and 39 of 64 sentences were copied against 63; with MKL, 0.13 and 63. CTranslate2 reads
-    CT2_USE_MKL once, when it is imported, so this runs before the first import (and does nothing after it)."""
+    to 6.6 from float32's and 39 of 64 sentences were copied against 63; with MKL, 0.13 and 63. float32 is exact
+    either way and faster through oneDNN there (demo model, beam 4: 184-192 sentences/s against 126-133), so it keeps
+    it. CTranslate2 reads CT2_USE_MKL once, when it is imported: this runs before the first import (and does nothing
+    after it), so a process's first CTranslate2 model decides for all that follow."""
     if "CT2_USE_MKL" in os.environ or "ctranslate2" in sys.modules:
+        return
+    if quantization is not None and not quantization.startswith("int8"):
         return
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -76,7 +83,6 @@ def choose_gemm_backend() -> None:
 
 
 def _require_ctranslate2():
-    choose_gemm_backend()
     try:
         import ctranslate2
     except ImportError:
@@ -183,7 +189,18 @@ def save_ct2(model, config: Config, tokenizer, out_dir: str, quantization: str =
     os.makedirs(out_dir, exist_ok=True)
     spec.save(out_dir)
     config.save(os.path.join(out_dir, CONFIG_NAME))
+    with open(os.path.join(out_dir, EXPORT_NAME), "w", encoding="utf-8") as f:
+        json.dump({"quantization": quantization}, f)
     tokenizer.save(os.path.join(out_dir, "spm.model"))
+
+
+def _stored_quantization(path: str) -> str | None:
+    """The weight type `save_ct2` stored in `path`, or None (an export made before it was recorded)."""
+    try:
+        with open(os.path.join(path, EXPORT_NAME), encoding="utf-8") as f:
+            return str(json.load(f)["quantization"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 class CT2Translator:
@@ -191,6 +208,7 @@ class CT2Translator:
     `decode.translator.Translator.translate`, so `translate` and `evaluate` switch engine by directory."""
 
     def __init__(self, path: str, compute_type: str = "default", threads: int | None = None):
+        choose_gemm_backend(_stored_quantization(path))
         ctranslate2 = _require_ctranslate2()
         from jax_transformer.data.tokenizer import Tokenizer
 
