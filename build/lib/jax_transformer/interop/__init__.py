@@ -1,1 +1,0 @@
-"""The bridges to other frameworks: torch_ref state dicts (safetensors), Hugging Face export, BERT import."""
