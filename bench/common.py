@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from jax_transformer.machine import available_cores, cpu_model  # noqa: E402, F401 (used by the bench scripts)
+from jax_transformer.machine import available_cores, cpu_flags, cpu_model  # noqa: E402, F401 (used by the bench scripts)
 from jax_transformer.train.host_memory import describe as malloc_line  # noqa: E402
 from jax_transformer.train.host_memory import keep_freed_memory  # noqa: E402
 
@@ -26,15 +26,7 @@ keep_freed_memory(default=False)
 
 def cpu_features(names=("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")) -> list[str]:
     """Which of `names` the CPU flags list (matters for bf16: without avx512_bf16/AMX, bf16 matmuls are emulated)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return [name for name in names if name in flags]
-    except OSError:
-        pass
-    return []
+    return [name for name in names if name in cpu_flags()]
 
 
 def machine_lines() -> list[str]:

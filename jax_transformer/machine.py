@@ -15,6 +15,19 @@ def available_cores() -> int:
 
 
 @functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (avx2, avx512_bf16, ...); empty where there is none (not Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+@functools.cache
 def cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo (falling back to `lscpu`, then platform.processor())."""
     try:

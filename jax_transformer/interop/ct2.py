@@ -43,7 +43,7 @@ import numpy as np
 
 from jax_transformer.config import Config, ModelConfig, UserError
 from jax_transformer.interop.torch_convert import to_state_dict
-from jax_transformer.machine import available_cores
+from jax_transformer.machine import available_cores, cpu_flags
 
 CONFIG_NAME = "jax_transformer_config.json"  # our config, beside CTranslate2's own config.json
 EXPORT_NAME = "jax_transformer_export.json"  # how the weights were stored ({"quantization": ...})
@@ -73,11 +73,7 @@ def choose_gemm_backend(quantization: str | None) -> None:
         return
     if quantization is not None and not quantization.startswith("int8"):
         return
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
-    except OSError:  # not Linux
-        return
+    flags = cpu_flags()
     if "avx2" in flags and not flags & {"avx512_vnni", "avx_vnni"}:
         os.environ["CT2_USE_MKL"] = "1"
 
