@@ -14,29 +14,30 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-@functools.cache
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags from /proc/cpuinfo (avx2, avx512_bf16, ...); empty where there is none (not Linux)."""
+def _cpuinfo(field: str) -> str | None:
+    """The value of /proc/cpuinfo's first line starting with `field` (its first CPU's); None where there is none."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
+                if line.startswith(field):
+                    return line.split(":", 1)[1].strip()
+    except OSError:  # not Linux
         pass
-    return frozenset()
+    return None
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (avx2, avx512_bf16, ...); empty where there is none (not Linux)."""
+    return frozenset((_cpuinfo("flags") or "").split())
 
 
 @functools.cache
 def cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo (falling back to `lscpu`, then platform.processor())."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    model = _cpuinfo("model name")
+    if model is not None:
+        return model
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, check=False).stdout
         for line in out.splitlines():
