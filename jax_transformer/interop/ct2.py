@@ -60,21 +60,25 @@ def is_ct2_dir(path: str) -> bool:
 
 
 def choose_gemm_backend(quantization: str | None) -> None:
-    """For int8 weights (or unknown ones) on an x86 CPU without VNNI, have CTranslate2 run its products through Intel
-    MKL, unless CT2_USE_MKL says otherwise.
+    """On an x86 CPU, choose the library CTranslate2 runs its matrix products through, unless CT2_USE_MKL says
+    otherwise: oneDNN for float32 weights, Intel MKL for int8 (or unknown) weights on a CPU without VNNI.
 
-    CTranslate2 uses MKL on Intel CPUs and oneDNN on the others. oneDNN's int8 (u8s8) products lose accuracy on a CPU
-    with AVX2 but no VNNI (AMD EPYC before Zen 4): on parity_tests/test_ct2.py's copy model, int8 log-probs moved by up
-    to 6.6 from float32's and 39 of 64 sentences were copied against 63; with MKL, 0.13 and 63. float32 is exact
-    either way and faster through oneDNN there (demo model, beam 4: 184-192 sentences/s against 126-133), so it keeps
-    it. CTranslate2 reads CT2_USE_MKL once, when it is imported: this runs before the first import (and does nothing
-    after it), so a process's first CTranslate2 model decides for all that follow."""
+    CTranslate2 uses MKL on Intel CPUs and oneDNN on the others. float32 is exact either way and faster through oneDNN
+    on both kinds measured (beam 4, test2016, 2 cores; docs/benchmarks.md): an AMD EPYC, 184-192 sentences/s against
+    126-133 through MKL (demo model), and an Intel Xeon with AMX, 268-283 against 72-77 (the main recipe's model).
+    oneDNN's int8 (u8s8) products lose accuracy on a CPU with AVX2 but no VNNI (AMD EPYC before Zen 4): on
+    parity_tests/test_ct2.py's copy model, int8 log-probs moved by up to 6.6 from float32's and 39 of 64 sentences
+    were copied against 63; with MKL, 0.13 and 63. With VNNI, int8 keeps CTranslate2's own choice. CTranslate2 reads
+    CT2_USE_MKL once, when it is imported: this runs before the first import (and does nothing after it), so a
+    process's first CTranslate2 model decides for all that follow."""
     if "CT2_USE_MKL" in os.environ or "ctranslate2" in sys.modules:
         return
-    if quantization is not None and not quantization.startswith("int8"):
-        return
     flags = cpu_flags()
-    if "avx2" in flags and not flags & {"avx512_vnni", "avx_vnni"}:
+    if "avx2" not in flags:  # not x86, or an x86 CPU neither library was measured on: CTranslate2's own choice
+        return
+    if quantization == "float32":
+        os.environ["CT2_USE_MKL"] = "0"
+    elif (quantization is None or quantization.startswith("int8")) and not flags & {"avx512_vnni", "avx_vnni"}:
         os.environ["CT2_USE_MKL"] = "1"
 
 
