@@ -1,6 +1,8 @@
 """Which library CTranslate2 multiplies through (interop.ct2.choose_gemm_backend): the rule, with the CPU's flags and
 the environment replaced, so that it runs on any machine and imports no CTranslate2."""
 
+import json
+import os
 import sys
 
 import pytest
@@ -35,17 +37,17 @@ def fresh(monkeypatch):
         (frozenset({"neon", "asimd"}), "int8", None),
     ],
 )
-def test_rule(fresh, monkeypatch, flags, quantization, expected):
+def test_rule(fresh, flags, quantization, expected):
     fresh(flags)
     ct2.choose_gemm_backend(quantization)
-    assert ct2.os.environ.get("CT2_USE_MKL") == expected
+    assert os.environ.get("CT2_USE_MKL") == expected
 
 
 def test_the_users_setting_wins(fresh, monkeypatch):
     fresh(AVX2)
     monkeypatch.setenv("CT2_USE_MKL", "1")
     ct2.choose_gemm_backend("float32")
-    assert ct2.os.environ["CT2_USE_MKL"] == "1"
+    assert os.environ["CT2_USE_MKL"] == "1"
 
 
 def test_nothing_changes_once_ctranslate2_is_imported(fresh, monkeypatch):
@@ -53,4 +55,24 @@ def test_nothing_changes_once_ctranslate2_is_imported(fresh, monkeypatch):
     fresh(AVX2)
     monkeypatch.setitem(sys.modules, "ctranslate2", object())
     ct2.choose_gemm_backend("float32")
-    assert "CT2_USE_MKL" not in ct2.os.environ
+    assert "CT2_USE_MKL" not in os.environ
+
+
+@pytest.mark.parametrize(
+    ("compute_type", "expected"),
+    [
+        ("default", "float32"),
+        ("int8", "int8"),
+        ("int8_float32", "int8_float32"),
+        ("float32", "float32"),
+        ("auto", None),
+    ],
+)
+def test_the_rule_reads_the_type_computed_in(tmp_path, compute_type, expected):
+    """A float32 export loaded with compute_type="int8" multiplies in int8, and must be treated as int8 weights."""
+    (tmp_path / ct2.EXPORT_NAME).write_text(json.dumps({"quantization": "float32"}), encoding="utf-8")
+    assert ct2._computed_type(str(tmp_path), compute_type) == expected
+
+
+def test_an_export_that_did_not_record_its_type(tmp_path):
+    assert ct2._computed_type(str(tmp_path), "default") is None

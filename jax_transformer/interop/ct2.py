@@ -203,12 +203,21 @@ def _stored_quantization(path: str) -> str | None:
         return None
 
 
+def _computed_type(path: str, compute_type: str) -> str | None:
+    """The type CTranslate2 will multiply in when it loads `path` with `compute_type`: the stored weight type for
+    "default", None where it is not known here ("auto": CTranslate2 picks by the machine), else `compute_type` (a
+    float32 export loaded with compute_type="int8" multiplies in int8)."""
+    if compute_type == "default":
+        return _stored_quantization(path)
+    return None if compute_type == "auto" else compute_type
+
+
 class CT2Translator:
     """A CTranslate2 model with our tokenizer and config: `translate` takes the same arguments as
     `decode.translator.Translator.translate`, so `translate` and `evaluate` switch engine by directory."""
 
     def __init__(self, path: str, compute_type: str = "default", threads: int | None = None):
-        choose_gemm_backend(_stored_quantization(path))
+        choose_gemm_backend(_computed_type(path, compute_type))
         ctranslate2 = _require_ctranslate2()
         from jax_transformer.data.tokenizer import Tokenizer
 
