@@ -16,7 +16,9 @@ larger of the two arms' val ranges; "better" / "worse" once it is not), the mean
 validation (the trained weights, not averaged; blank unless every seed has one; marked "*" where the arm changes the
 vocabulary or the text (data.path): a perplexity per piece of another segmentation does not compare), the mean
 test2016 lc-tok BLEU (reported: choose on val only) and each seed's training minutes (not averaged: runs that shared
-the machine are slower). Prints a Markdown table; exits 1 with one line on a missing, damaged or unscored run.
+the machine are slower). Under the table, the seed-to-seed standard deviation of val BLEU pooled over the arms with
+two or more seeds, and the standard deviation it gives a difference of two arms' means: how fine a difference the
+table can tell from the seed. Prints a Markdown table; exits 1 with one line on a missing, damaged or unscored run.
 
 A run's checkpoints are large and its directory is not kept for ever; the table needs only three small files of it.
 `--add RUNS` copies config.json, the results file and metrics.jsonl of every scored run RUNS/ARM/SEED into the same
@@ -168,6 +170,26 @@ def verdict(delta: float, seeds: int, spread: float) -> str:
     return "run a third seed" if seeds == 2 else f"no clear difference ({seeds} seeds)"
 
 
+def pooled_spread(arms: list[list[float]]) -> str:
+    """One line on how finely the table resolves: the seed-to-seed standard deviation of val BLEU pooled over the arms
+    with two or more seeds (each arm's squared deviations from its own mean, over the sum of its seeds less one), and
+    what it makes the standard deviation of the difference of two arms' means with 2, 3 and 5 seeds each
+    (sd * sqrt(2 / seeds)). Empty when no arm has two seeds."""
+    repeated = [vals for vals in arms if len(vals) > 1]
+    dof = sum(len(vals) - 1 for vals in repeated)
+    if not dof:
+        return ""
+    squares = sum((v - mean(vals)) ** 2 for vals in repeated for v in vals)
+    sd = (squares / dof) ** 0.5
+    diffs = ", ".join(f"{sd * (2 / n) ** 0.5:.2f} with {n}" for n in (2, 3, 5))
+    runs = sum(len(vals) for vals in repeated)
+    return (
+        f"\nseed-to-seed standard deviation of val BLEU, pooled over the {len(repeated)} arm(s) with two or more seeds "
+        f"({runs} runs, {dof} degrees of freedom): {sd:.2f}; the difference of two arms' means then has a standard "
+        f"deviation of {diffs} seeds per arm"
+    )
+
+
 def table(runs_root: str, baseline: str, results_name: str, partial: bool = False) -> str:
     arms = subfolders(runs_root)
     if baseline not in arms:
@@ -217,6 +239,9 @@ def table(runs_root: str, baseline: str, results_name: str, partial: bool = Fals
             f"{mean(val):.2f} ({max(val) - min(val):.2f}) | {delta} | {judged} | {ppl_cell} | "
             f"{mean(test):.2f} | {minutes_cell} |"
         )
+    spread_line = pooled_spread([[r["results"]["val_lc_tok_bleu"] for r in runs] for runs in data.values()])
+    if spread_line:
+        rows.append(spread_line)
     if marked:
         rows.append("\n\\* perplexity per piece of another vocabulary or text: not comparable with the baseline's")
     if any(r["recorded"] for runs in data.values() for r in runs):

@@ -31,7 +31,7 @@ def test_rows_give_each_seed_the_mean_range_and_the_change_from_the_configs(tmp_
     _run(tmp_path / "attn" / "s1", 1, 42.5, 40.5, 4.7, attention_dropout=0.1)
     assert ablation_table.main([str(tmp_path), "--baseline", "base"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 4
+    assert len(lines) == 6  # the table, a blank line, the pooled seed spread
     assert lines[2] == "| base | - | 2 | 40.00 / 41.00 | 40.50 (1.00) |  |  | 4.90 | 39.25 | 50.0 / 51.0 |"
     assert lines[3] == (
         "| attn | model.attention_dropout=0.1 | 2 | 41.50 / 42.50 | 42.00 (1.00) | +1.50 | better | 4.80 | 40.25 "
@@ -213,3 +213,18 @@ def test_the_committed_records_rebuild_the_table_in_the_results_doc(capsys):
         doc = f.read()
     between = doc.split(ablation_table.DOC_START, 1)[1].split(ablation_table.DOC_END, 1)[0]
     assert between == "\n\n" + table + "\n\n"
+
+
+def test_the_pooled_seed_spread_weighs_each_arm_by_its_seeds_less_one(tmp_path, capsys):
+    assert ablation_table.pooled_spread([[40.0], [41.0]]) == ""  # one seed each: no spread to pool
+    # squared deviations 1 + 1, 1 + 0 + 1 and 0 + 0 from each arm's own mean, over 1 + 2 + 1 = 4: sd 1; the
+    # one-seed arm adds nothing
+    line = ablation_table.pooled_spread([[40.0, 42.0], [40.0, 41.0, 42.0], [41.0, 41.0], [39.0]])
+    assert "pooled over the 3 arm(s) with two or more seeds (7 runs, 4 degrees of freedom): 1.00;" in line
+    assert line.endswith("1.00 with 2, 0.82 with 3, 0.63 with 5 seeds per arm")
+    _run(tmp_path / "base" / "s0", 0, 40.0, 39.0, 5.0)
+    _run(tmp_path / "base" / "s1", 1, 42.0, 39.0, 5.0)  # sd over these two alone: sqrt(2)
+    _run(tmp_path / "attn" / "s0", 0, 41.0, 39.0, 5.0, attention_dropout=0.1)
+    assert ablation_table.main([str(tmp_path), "--baseline", "base"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.endswith("1.41 with 2, 1.15 with 3, 0.89 with 5 seeds per arm")
