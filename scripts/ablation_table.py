@@ -209,8 +209,8 @@ def table(runs_root: str, baseline: str, results_name: str, partial: bool = Fals
     if baseline not in data:
         raise AblationError(f"no run of the baseline arm {baseline!r} is scored yet")
     base_settings = data[baseline][0]["settings"]
-    base_vals = [r["results"]["val_lc_tok_bleu"] for r in data[baseline]]
-    base_val, base_range = mean(base_vals), max(base_vals) - min(base_vals)
+    vals = {arm: [r["results"]["val_lc_tok_bleu"] for r in runs] for arm, runs in data.items()}  # per seed
+    base_val, base_range = mean(vals[baseline]), max(vals[baseline]) - min(vals[baseline])
     rows = [
         "| arm | change against the baseline | seeds | val lc-tok BLEU per seed | val mean (range) "
         "| val mean - baseline | verdict | last in-loop val ppl | test2016 lc-tok mean | minutes per seed |",
@@ -222,7 +222,7 @@ def table(runs_root: str, baseline: str, results_name: str, partial: bool = Fals
         changes = {describe_change(r["settings"], base_settings) for r in runs}
         if len(changes) > 1:
             raise AblationError(f"the seeds of arm {arm!r} differ in more than the seed: {sorted(changes)}")
-        val = [r["results"]["val_lc_tok_bleu"] for r in runs]
+        val = vals[arm]
         test = [r["results"]["test2016_lc_tok_bleu"] for r in runs]
         ppl, minutes = [r["ppl"] for r in runs], [r["results"].get("train_minutes") for r in runs]
         resegmented = any(k.startswith(TOKENIZATION) for k in changed_keys(runs[0]["settings"], base_settings))
@@ -239,7 +239,7 @@ def table(runs_root: str, baseline: str, results_name: str, partial: bool = Fals
             f"{mean(val):.2f} ({max(val) - min(val):.2f}) | {delta} | {judged} | {ppl_cell} | "
             f"{mean(test):.2f} | {minutes_cell} |"
         )
-    spread_line = pooled_spread([[r["results"]["val_lc_tok_bleu"] for r in runs] for runs in data.values()])
+    spread_line = pooled_spread(list(vals.values()))
     if spread_line:
         rows.append(spread_line)
     if marked:
